@@ -1,0 +1,95 @@
+"""Parity of zenlm.model with transformers' Qwen2ForCausalLM and Qwen2MoeForCausalLM (fp32, tiny random configs).
+
+Full forward, token-by-token decode through the KV cache, sliding-window layers and the MoE block.
+transformers is only the oracle here.
+"""
+
+import pytest
+import torch
+
+from zenlm.config import Config
+from zenlm.model import KVCache, Transformer
+
+transformers = pytest.importorskip("transformers")
+
+DENSE = dict(vocab_size=300, hidden_size=64, intermediate_size=160, num_hidden_layers=3, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=256, rope_theta=10000.0, rms_norm_eps=1e-6)
+MOE = dict(DENSE, num_experts=8, num_experts_per_tok=2, moe_intermediate_size=48,
+           shared_expert_intermediate_size=96, decoder_sparse_step=1)
+
+
+def hf_pair(kind: str, **over):
+    """A random HF model and the zenlm model holding the same weights."""
+    torch.manual_seed(0)
+    if kind == "moe":
+        cfg = transformers.Qwen2MoeConfig(**(MOE | over))
+        hf = transformers.Qwen2MoeForCausalLM(cfg)
+    else:
+        cfg = transformers.Qwen2Config(**(DENSE | over))
+        hf = transformers.Qwen2ForCausalLM(cfg)
+    hf = hf.float().eval()
+    with torch.no_grad():  # random biases and norms, so nothing is trivially zero or one
+        for name, p in hf.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.normal_(0, 0.5 if "norm" in name else 0.1).add_(1.0 if "norm" in name else 0.0)
+    c = Config.from_hf(cfg.to_dict())
+    ours = Transformer(c).eval()
+    missing, unexpected = ours.load_state_dict(hf_state_dict(hf, c), strict=False)
+    assert not unexpected and all(k == "lm_head.weight" for k in missing), (missing, unexpected)
+    return hf, ours
+
+
+def hf_state_dict(hf, c: Config) -> dict:
+    """transformers v5 fuses MoE experts (gate_up_proj [E, 2I, C]); checkpoints keep one module per expert."""
+    sd = {}
+    for k, v in hf.state_dict().items():
+        if k.endswith("experts.gate_up_proj"):
+            for e in range(v.shape[0]):
+                gate, up = v[e].chunk(2, dim=0)
+                sd[k.replace("gate_up_proj", f"{e}.gate_proj.weight")] = gate
+                sd[k.replace("gate_up_proj", f"{e}.up_proj.weight")] = up
+        elif k.endswith("experts.down_proj"):
+            for e in range(v.shape[0]):
+                sd[k.replace("down_proj", f"{e}.down_proj.weight")] = v[e]
+        else:
+            sd[k] = v
+    return sd
+
+
+@pytest.mark.parametrize("kind,over", [
+    ("dense", {}),
+    ("dense", {"tie_word_embeddings": True}),
+    ("dense", {"use_sliding_window": True, "sliding_window": 5, "max_window_layers": 1}),
+    ("dense", {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}}),
+    ("moe", {}),
+    ("moe", {"norm_topk_prob": True, "decoder_sparse_step": 2}),
+])
+def test_forward_and_decode_match_transformers(kind, over):
+    hf, ours = hf_pair(kind, **over)
+    tokens = torch.randint(0, 300, (2, 12))
+    positions = torch.arange(12).expand(2, 12)
+    with torch.no_grad():
+        ref = hf(tokens).logits
+        full = ours(tokens, positions)
+        torch.testing.assert_close(full, ref, rtol=1e-4, atol=1e-4)
+        # prefill 5 tokens, then decode one at a time through the cache
+        cache = KVCache(ours.config, batch=2, max_len=32, dtype=torch.float32, device="cpu")
+        steps = [ours(tokens[:, :5], positions[:, :5], cache)]
+        for t in range(5, 12):
+            steps.append(ours(tokens[:, t:t + 1], positions[:, t:t + 1], cache))
+        torch.testing.assert_close(torch.cat(steps, 1), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_last_only_returns_the_last_position():
+    _, ours = hf_pair("dense")
+    tokens = torch.randint(0, 300, (1, 7))
+    pos = torch.arange(7)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens, pos, last_only=True), ours(tokens, pos)[:, -1:])
+
+
+def test_cache_overflow_is_a_clear_error():
+    _, ours = hf_pair("dense")
+    cache = KVCache(ours.config, batch=1, max_len=4, dtype=torch.float32, device="cpu")
+    with pytest.raises(ValueError, match="past the cache length 4"):
+        ours(torch.zeros(1, 5, dtype=torch.long), torch.arange(5)[None], cache)

@@ -1,0 +1,160 @@
+"""`zen <command>`: generate, chat, info. One small function per command; heavy imports inside it.
+
+Completions go to stdout, progress and errors to stderr. An error is one line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="default", help="'default', a .gguf file or an HF directory")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+
+
+def _llm(args):
+    from zenlm.engine.llm import LLM
+
+    return LLM(args.model, dtype=args.dtype, device=args.device, progress=sys.stderr.isatty())
+
+
+def _params(args):
+    from zenlm.engine.sampling import SamplingParams
+
+    return SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+
+
+def cmd_generate(args) -> int:
+    llm = _llm(args)
+    if args.raw:
+        if args.system:
+            raise ValueError("--system needs the chat template; drop --raw")
+        pieces = llm.stream(args.prompt, _params(args))
+    else:
+        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        pieces = llm.stream_chat(messages + [{"role": "user", "content": args.prompt}], _params(args))
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    llm = _llm(args)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[dict] = []
+    print(f"zen chat with {llm.path.name}. /reset clears the history, /exit leaves, "
+          "Ctrl-C stops an answer.", file=sys.stderr)
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print("\n(use /exit or Ctrl-D to leave)", file=sys.stderr)
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit", "/bye"):
+            return 0
+        if text == "/reset":
+            history.clear()
+            print("(history cleared)", file=sys.stderr)
+            continue
+        history.append({"role": "user", "content": line})
+        answer = []
+        try:
+            for piece in llm.stream_chat(system + history, _params(args)):
+                answer.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            sys.stdout.write(" [stopped]")
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        history.append({"role": "assistant", "content": "".join(answer)})
+
+
+def cmd_info(args) -> int:
+    from zenlm.config import PRESETS, Config, human, param_counts
+
+    if args.list:
+        for name, c in PRESETS.items():
+            print(f"{name:20s} {human(param_counts(c)['params_total']):>6s}")
+        return 0
+    if args.model is None:
+        raise ValueError("give a model (a preset, a .gguf file or an HF directory) or --list")
+    config = _config_of(args.model)
+    counts = param_counts(config)
+    if args.json:
+        print(json.dumps(config.to_dict() | counts, indent=2))
+        return 0
+    for key, value in config.to_dict().items():
+        if value not in (0, None, []) or key in ("tie_word_embeddings", "qkv_bias"):
+            print(f"{key:34s} {value}")
+    for key, value in counts.items():
+        print(f"{key:34s} {value:,} ({human(value)})")
+    return 0
+
+
+def _config_of(name: str):
+    from zenlm.config import Config, preset
+    from zenlm.weights.registry import resolve
+
+    src = resolve(name)
+    if src.kind == "preset":
+        return preset(src.name)
+    if src.kind == "hf":
+        return Config.from_hf(src.path / "config.json")
+    from zenlm.weights.gguf_reader import read_gguf
+
+    meta, tensors = read_gguf(src.path)
+    return Config.from_gguf(meta, has_output="output.weight" in tensors)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zen", description="zenlm: run the zen model family")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="complete one prompt and print only the completion")
+    g.add_argument("prompt")
+    _add_model(g)
+    g.add_argument("--system", help="system message (chat template)")
+    g.add_argument("--max-tokens", type=int, default=256)
+    g.add_argument("--temperature", type=float, default=None, help="0 = greedy; default from the model")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--raw", action="store_true", help="no chat template: complete the text as it is")
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("chat", help="interactive chat in the terminal")
+    _add_model(c)
+    c.add_argument("--system", help="system message")
+    c.add_argument("--max-tokens", type=int, default=1024)
+    c.add_argument("--temperature", type=float, default=None)
+    c.add_argument("--seed", type=int, default=None)
+    c.set_defaults(func=cmd_chat)
+
+    i = sub.add_parser("info", help="config and parameter counts of a model or preset")
+    i.add_argument("model", nargs="?", help="a preset name, a .gguf file or an HF directory")
+    i.add_argument("--json", action="store_true")
+    i.add_argument("--list", action="store_true", help="list the presets")
+    i.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        print(f"zen: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+"""Inference engine: sampling, sequences, generation loop."""

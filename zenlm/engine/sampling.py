@@ -1,0 +1,164 @@
+"""SamplingParams and a batched next-token sampler over last-position logits.
+
+Order as in transformers' generate(): repetition penalty (prompt + output), then OpenAI
+presence/frequency penalties (output only), then temperature, top_k, top_p, min_p, softmax, draw.
+Temperature 0 is greedy. Knows nothing of stop strings, EOS or detokenization: sequence.py does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+
+# What a None field means when neither the request nor the model's generation_config sets it.
+NEUTRAL = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+
+
+@dataclass(slots=True)
+class SamplingParams:
+    """One request's sampling settings; None means "take the model's default" (see resolved())."""
+
+    max_tokens: int = 256
+    temperature: float | None = None  # 0 = greedy
+    top_p: float | None = None
+    top_k: int | None = None  # 0 = off
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+
+    def __post_init__(self):
+        self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        self.stop_token_ids = list(self.stop_token_ids or [])
+
+    def resolved(self, defaults: dict) -> SamplingParams:
+        """A copy with None fields filled from a generation_config dict, then from NEUTRAL."""
+        fill = {}
+        for name, neutral in NEUTRAL.items():
+            if getattr(self, name) is None:
+                value = defaults.get(name)
+                fill[name] = neutral if value is None else value
+        if self.temperature is None and defaults.get("do_sample") is False:
+            fill["temperature"] = 0.0
+        return dataclasses.replace(self, **fill)
+
+    def validate(self) -> SamplingParams:
+        """Raise ValueError naming the first bad field; return self so calls can chain."""
+        checks = [  # (field, ok, requirement); `not (a <= x)` forms also reject NaN
+            ("max_tokens", self.max_tokens >= 1, ">= 1"),
+            ("temperature", self.temperature is None or self.temperature >= 0, ">= 0"),
+            ("top_p", self.top_p is None or 0 < self.top_p <= 1, "in (0, 1]"),
+            ("top_k", self.top_k is None or self.top_k >= 0, ">= 0 (0 = off)"),
+            ("min_p", self.min_p is None or 0 <= self.min_p <= 1, "in [0, 1]"),
+            ("repetition_penalty", self.repetition_penalty is None or self.repetition_penalty > 0, "> 0"),
+            ("presence_penalty", -2 <= self.presence_penalty <= 2, "in [-2, 2]"),
+            ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "in [-2, 2]"),
+        ]
+        for name, ok, need in checks:
+            if not ok:
+                raise ValueError(f"{name} must be {need}, got {getattr(self, name)!r}")
+        return self
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator | None:
+    """A generator seeded for one request, or None to use torch's global RNG."""
+    if seed is None:
+        return None
+    g = torch.Generator(device=device)
+    g.manual_seed(seed)
+    return g
+
+
+def logprobs(logits: torch.Tensor) -> torch.Tensor:
+    """log_softmax over the vocabulary, in float32."""
+    return torch.log_softmax(logits.float(), dim=-1)
+
+
+def _counts(seqs: list[list[int]], V: int, device) -> torch.Tensor:
+    """How often each token id occurs in each sequence: [B, V] float32 (ids >= V are dropped)."""
+    L = max((len(s) for s in seqs), default=0)
+    ids = torch.tensor([s + [V] * (L - len(s)) for s in seqs], dtype=torch.long, device=device)  # [B, L]
+    ids = ids.reshape(len(seqs), L).clamp_(max=V)
+    counts = torch.zeros(len(seqs), V + 1, device=device)  # [B, V+1]; column V absorbs padding
+    counts.scatter_add_(1, ids, torch.ones_like(ids, dtype=counts.dtype))
+    return counts[:, :V]
+
+
+def _column(values: list, like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(values, dtype=like.dtype, device=like.device)[:, None]  # [B, 1]
+
+
+def apply_penalties(
+    logits: torch.Tensor, params: list[SamplingParams], histories: list[list[int]], prompt_lens: list[int]
+) -> torch.Tensor:
+    """Repetition penalty over the whole history, presence/frequency over generated tokens. [B, V]"""
+    B, V = logits.shape
+    rep = [p.repetition_penalty for p in params]
+    if any(r != 1.0 for r in rep):
+        seen = _counts(histories, V, logits.device) > 0  # [B, V]
+        r = _column(rep, logits)
+        logits = torch.where(seen, torch.where(logits < 0, logits * r, logits / r), logits)
+    if any(p.presence_penalty or p.frequency_penalty for p in params):
+        counts = _counts([h[n:] for h, n in zip(histories, prompt_lens)], V, logits.device)  # [B, V]
+        presence = _column([p.presence_penalty for p in params], logits)
+        frequency = _column([p.frequency_penalty for p in params], logits)
+        logits = logits - presence * (counts > 0) - frequency * counts
+    return logits
+
+
+def apply_warpers(logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
+    """Temperature, top_k, top_p, min_p (transformers' order); filtered entries become -inf. [B, V]"""
+    assert all(p.temperature > 0 for p in params), "apply_warpers is for sampled rows (temperature > 0)"
+    B, V = logits.shape
+    logits = logits / _column([p.temperature for p in params], logits)
+    if any(p.top_k > 0 for p in params):
+        k = torch.tensor([p.top_k if 0 < p.top_k < V else V for p in params], device=logits.device)
+        kth = logits.sort(dim=-1, descending=True).values.gather(1, k[:, None] - 1)  # [B, 1]
+        logits = logits.masked_fill(logits < kth, -float("inf"))  # ties with the k-th stay
+    if any(p.top_p < 1 for p in params):
+        sorted_logits, order = logits.sort(dim=-1)  # ascending, as transformers does
+        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)  # [B, V]
+        drop = cum <= _column([1 - p.top_p for p in params], cum)
+        drop[:, -1] = False  # the most likely token always stays
+        drop &= _column([p.top_p < 1 for p in params], cum).bool()
+        logits = logits.masked_fill(drop.scatter(1, order, drop), -float("inf"))
+    if any(p.min_p > 0 for p in params):
+        probs = logits.softmax(dim=-1)  # [B, V]
+        floor = _column([p.min_p for p in params], probs) * probs.amax(dim=-1, keepdim=True)
+        logits = logits.masked_fill(probs < floor, -float("inf"))
+    return logits
+
+
+def sample(
+    logits: torch.Tensor,
+    params: list[SamplingParams],
+    histories: list[list[int]],
+    prompt_lens: list[int],
+    generators: list[torch.Generator | None],
+) -> torch.Tensor:
+    """Next token per row from last-position logits [B, V], with resolved params. Returns [B] int64."""
+    B = logits.shape[0]
+    assert len(params) == len(histories) == len(prompt_lens) == len(generators) == B, "batch size mismatch"
+    assert all(p.temperature is not None for p in params), "sample() needs resolved SamplingParams"
+    logits = apply_penalties(logits.float(), params, histories, prompt_lens)  # [B, V]
+    tokens = logits.argmax(dim=-1)  # [B]; the answer for greedy rows
+    rows = [i for i, p in enumerate(params) if p.temperature > 0]
+    if not rows:
+        return tokens
+    idx = torch.tensor(rows, device=logits.device)
+    probs = apply_warpers(logits[idx], [params[i] for i in rows]).softmax(dim=-1)  # [S, V]
+    drawn = torch.empty(len(rows), dtype=torch.long, device=logits.device)  # [S]
+    free = [j for j, i in enumerate(rows) if generators[i] is None]
+    if free:  # rows without a seed share one draw from the global RNG
+        drawn[free] = torch.multinomial(probs[free], 1).squeeze(1)
+    for j, i in enumerate(rows):  # seeded rows draw alone, so their stream ignores batch makeup
+        if generators[i] is not None:
+            drawn[j] = torch.multinomial(probs[j], 1, generator=generators[i])[0]
+    tokens[idx] = drawn
+    return tokens

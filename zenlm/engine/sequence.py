@@ -1,0 +1,80 @@
+"""One request's state: prompt, generated tokens, streamed text, stop conditions, finish reason.
+
+Pure Python bookkeeping (no model, no tensors): it takes each sampled token, decides whether the
+request is finished (end-of-turn token, stop token, stop string, max_tokens) and which text may be
+streamed now, holding back any tail that could still become a stop string.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from zenlm.engine.sampling import SamplingParams
+
+
+@dataclass(slots=True)
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" | "length"
+    prompt_tokens: int
+
+
+@dataclass(slots=True)
+class Sequence:
+    prompt_ids: list[int]
+    params: SamplingParams  # resolved
+    eos_ids: set[int]
+    stream: object  # the tokenizer's incremental detokenizer (push(id) -> str, flush() -> str)
+    output_ids: list[int] = field(default_factory=list)
+    text: str = ""  # all decoded output text so far (stop string not included once found)
+    sent: int = 0  # characters of `text` already handed out
+    finish_reason: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    def append(self, token: int) -> str:
+        """Record a sampled token; return the text that may be streamed now."""
+        p = self.params
+        if (token in self.eos_ids and not p.ignore_eos) or token in p.stop_token_ids:
+            return self.finish("stop")
+        self.output_ids.append(token)
+        self.text += self.stream.push(token)
+        if p.stop:
+            # only the new tail can complete a stop string
+            start = max(0, self.sent - max(map(len, p.stop)))
+            hits = [i for i in (self.text.find(s, start) for s in p.stop) if i >= 0]
+            if hits:
+                self.text = self.text[:min(hits)]
+                self.finish_reason = "stop"
+                return self._release(final=True)
+        if len(self.output_ids) >= p.max_tokens:
+            return self.finish("length")
+        return self._release(final=False)
+
+    def finish(self, reason: str) -> str:
+        """End the sequence (end of turn, max_tokens, context full); return the text held back."""
+        self.finish_reason = reason
+        self.text += self.stream.flush()
+        return self._release(final=True)
+
+    def _release(self, final: bool) -> str:
+        end = len(self.text)
+        if not final and self.params.stop:  # hold back a tail that may still grow into a stop string
+            hold = max(len(s) for s in self.params.stop) - 1
+            for n in range(min(hold, end), 0, -1):
+                if any(s.startswith(self.text[end - n:]) for s in self.params.stop):
+                    end -= n
+                    break
+        end = max(end, self.sent)
+        out, self.sent = self.text[self.sent:end], end
+        return out
+
+    def result(self) -> Completion:
+        return Completion(self.text, list(self.output_ids), self.finish_reason or "length", len(self.prompt_ids))

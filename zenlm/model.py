@@ -1,0 +1,221 @@
+"""The zen transformer: RMSNorm, rotary embedding, GQA attention with q/k/v bias, SwiGLU, MoE.
+
+One readable file for every architecture in the family; MoE is a module choice inside the block.
+Parameter names follow HF (`model.layers.{i}.self_attn.q_proj.weight`) so checkpoints load as they
+are. `forward(tokens, positions, cache) -> logits`; `KVCache` is a simple contiguous cache for
+incremental decoding. Weight loading lives in weights/, scheduling in engine/.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zenlm.config import Config
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+# ---- rotary embedding ----------------------------------------------------------------------------
+def rope_frequencies(c: Config) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies [D/2] and the attention scaling factor, with the config's rope scaling."""
+    d, base = c.head_dim, c.rope_theta
+    inv = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    s = c.rope_scaling or {}
+    kind, factor = s.get("type"), float(s.get("factor", 1.0))
+    if kind is None:
+        return inv, 1.0
+    if kind == "linear":
+        return inv / factor, 1.0
+    if kind == "yarn":
+        orig = s.get("original_max_position_embeddings") or c.context_length
+        attn = s.get("attention_factor") or 0.1 * math.log(factor) + 1.0
+        beta_fast, beta_slow = s.get("beta_fast") or 32, s.get("beta_slow") or 1
+
+        def corr_dim(rot: float) -> float:
+            return d * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(base))
+
+        low, high = corr_dim(beta_fast), corr_dim(beta_slow)
+        if s.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, d - 1)
+        if low == high:
+            high += 0.001
+        ramp = ((torch.arange(d // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+        extrap = 1 - ramp
+        return inv / factor * (1 - extrap) + inv * extrap, float(attn)
+    raise ValueError(f"unsupported rope scaling type {kind!r}")
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Rotary(nn.Module):
+    """cos/sin tables for given positions; frequencies are made on first use, on the input's device."""
+
+    def __init__(self, c: Config):
+        super().__init__()
+        self.config = c
+        self._inv: torch.Tensor | None = None
+        self._scale = 1.0
+
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._inv is None or self._inv.device != positions.device:
+            inv, self._scale = rope_frequencies(self.config)
+            self._inv = inv.to(positions.device)
+        freqs = positions[..., None].float() * self._inv  # [B, T, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, D]
+        return (emb.cos() * self._scale).to(dtype), (emb.sin() * self._scale).to(dtype)
+
+
+# ---- KV cache ------------------------------------------------------------------------------------
+class KVCache:
+    """Contiguous per-layer K/V buffers [B, KV, S, D]; the token at position p lives in slot p."""
+
+    def __init__(self, c: Config, batch: int, max_len: int, dtype: torch.dtype, device: torch.device | str):
+        shape = (batch, c.num_kv_heads, max_len, c.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(c.num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(c.num_layers)]
+        self.max_len = max_len
+
+    def update(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int):
+        """Write k, v [B, KV, T, D] at positions [B, T]; return the first `length` slots of the layer."""
+        if int(positions.max()) >= self.max_len:
+            raise ValueError(f"position {int(positions.max())} is past the cache length {self.max_len}")
+        b = torch.arange(k.shape[0], device=k.device)[:, None]  # [B, 1]
+        self.k[layer][b, :, positions] = k.transpose(1, 2)  # index [B, T] -> [B, T, KV, D]
+        self.v[layer][b, :, positions] = v.transpose(1, 2)
+        return self.k[layer][:, :, :length], self.v[layer][:, :, :length]
+
+
+# ---- blocks --------------------------------------------------------------------------------------
+class Attention(nn.Module):
+    def __init__(self, c: Config, layer: int):
+        super().__init__()
+        self.h, self.kv, self.d = c.num_heads, c.num_kv_heads, c.head_dim
+        self.layer, self.window = layer, c.layer_window(layer)
+        self.q_proj = nn.Linear(c.hidden_size, self.h * self.d, bias=c.qkv_bias)
+        self.k_proj = nn.Linear(c.hidden_size, self.kv * self.d, bias=c.qkv_bias)
+        self.v_proj = nn.Linear(c.hidden_size, self.kv * self.d, bias=c.qkv_bias)
+        self.o_proj = nn.Linear(self.h * self.d, c.hidden_size, bias=False)
+
+    def forward(self, x, cos, sin, positions, cache: KVCache | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.h, self.d).transpose(1, 2)  # [B, H, T, D]
+        k = self.k_proj(x).view(B, T, self.kv, self.d).transpose(1, 2)  # [B, KV, T, D]
+        v = self.v_proj(x).view(B, T, self.kv, self.d).transpose(1, 2)
+        cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, D]
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        if cache is None:
+            key_pos = positions  # [B, S=T]
+        else:
+            S = int(positions.max()) + 1
+            k, v = cache.update(self.layer, positions, k, v, S)
+            key_pos = torch.arange(S, device=x.device).expand(B, S)
+        mask = key_pos[:, None, :] <= positions[:, :, None]  # [B, T, S]
+        if self.window:
+            mask &= key_pos[:, None, :] > positions[:, :, None] - self.window
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], enable_gqa=self.kv != self.h)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.h * self.d))
+
+
+class MLP(nn.Module):
+    def __init__(self, hidden: int, inter: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden, inter, bias=False)
+        self.up_proj = nn.Linear(hidden, inter, bias=False)
+        self.down_proj = nn.Linear(inter, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MoE(nn.Module):
+    """Softmax router over experts, top-k, optional renormalisation, plus a sigmoid-gated shared expert."""
+
+    def __init__(self, c: Config):
+        super().__init__()
+        self.top_k, self.norm_topk = c.num_experts_per_tok, c.norm_topk_prob
+        self.gate = nn.Linear(c.hidden_size, c.num_experts, bias=False)
+        self.experts = nn.ModuleList(MLP(c.hidden_size, c.moe_intermediate_size) for _ in range(c.num_experts))
+        self.shared_expert = None
+        if c.shared_expert_intermediate_size:
+            self.shared_expert = MLP(c.hidden_size, c.shared_expert_intermediate_size)
+            self.shared_expert_gate = nn.Linear(c.hidden_size, 1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])  # [N, C]
+        probs = F.softmax(self.gate(x), dim=-1, dtype=torch.float32)  # [N, E]
+        weights, chosen = probs.topk(self.top_k, dim=-1)  # [N, K]
+        if self.norm_topk:
+            weights = weights / weights.sum(-1, keepdim=True)
+        weights = weights.to(x.dtype)
+        out = torch.zeros_like(x)
+        for e in chosen.unique().tolist():
+            rows, slot = torch.where(chosen == e)
+            out.index_add_(0, rows, self.experts[e](x[rows]) * weights[rows, slot, None])
+        if self.shared_expert is not None:
+            out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        return out.view(shape)
+
+
+class Block(nn.Module):
+    def __init__(self, c: Config, layer: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.self_attn = Attention(c, layer)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+        self.mlp = MoE(c) if c.is_sparse_layer(layer) else MLP(c.hidden_size, c.intermediate_size)
+
+    def forward(self, x, cos, sin, positions, cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    def __init__(self, c: Config):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
+        self.layers = nn.ModuleList(Block(c, i) for i in range(c.num_layers))
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
+
+
+class Transformer(nn.Module):
+    def __init__(self, c: Config):
+        super().__init__()
+        self.config = c
+        self.model = Backbone(c)
+        self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
+        self.rotary = Rotary(c)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """tokens, positions [B, T] -> logits [B, T, V] (or [B, 1, V] with last_only)."""
+        x = self.model.embed_tokens(tokens)  # [B, T, C]
+        cos, sin = self.rotary(positions, x.dtype)
+        for block in self.model.layers:
+            x = block(x, cos, sin, positions, cache)
+        x = self.model.norm(x[:, -1:] if last_only else x)
+        return self.lm_head(x)

@@ -1,0 +1,1 @@
+"""Weights: turn files on disk (GGUF, HF safetensors directories) into Config, tensors and a tokenizer."""

@@ -1,0 +1,88 @@
+"""GGUF checkpoints of the qwen2 and qwen2moe architectures -> Config and HF-named torch tensors.
+
+The one GGUF->HF name table lives here. Stacked expert tensors are split into per-expert views.
+Parsing is in gguf_reader.py, dequantization in dequant.py; building the model is load.py's job.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from zenlm.config import Config
+from zenlm.weights.dequant import dequantize
+from zenlm.weights.gguf_reader import GGUFTensor, read_gguf
+
+_GLOBAL = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_BLOCK = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+    "ffn_gate_inp": "mlp.gate",
+    "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
+    "ffn_up_shexp": "mlp.shared_expert.up_proj",
+    "ffn_down_shexp": "mlp.shared_expert.down_proj",
+    "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
+}
+_EXPERTS = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_exps": "down_proj"}
+_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
+
+
+def hf_names(name: str, shape: tuple[int, ...]) -> list[str]:
+    """HF parameter names for one GGUF tensor (one per expert for stacked expert tensors)."""
+    if name in _GLOBAL:
+        return [_GLOBAL[name]]
+    m = _NAME.fullmatch(name)
+    if m is None:
+        raise KeyError(name)
+    layer, part, kind = m.groups()
+    prefix = f"model.layers.{layer}.mlp.experts"
+    if part in _EXPERTS:
+        return [f"{prefix}.{e}.{_EXPERTS[part]}.{kind}" for e in range(shape[0])]
+    if part not in _BLOCK:
+        raise KeyError(name)
+    return [f"model.layers.{layer}.{_BLOCK[part]}.{kind}"]
+
+
+class GGUFCheckpoint:
+    """An opened GGUF file: its metadata, its Config, and its tensors under HF names."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.meta, self.raw = read_gguf(self.path)
+        self.config = Config.from_gguf(self.meta, has_output="output.weight" in self.raw)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Yield (hf_name, float32 tensor), dequantizing one GGUF tensor at a time."""
+        for t in self.raw.values():
+            try:
+                names = hf_names(t.name, t.shape)
+            except KeyError:
+                raise ValueError(f"{self.path}: unexpected tensor {t.name!r} for {self.config.arch}") from None
+            w = self._dequantize(t)
+            if len(names) == 1:
+                yield names[0], w
+            else:
+                yield from zip(names, w.unbind(0))
+
+    def _dequantize(self, t: GGUFTensor) -> torch.Tensor:
+        try:
+            return dequantize(t.data, t.qtype, t.shape)
+        except ValueError as e:
+            raise ValueError(f"{self.path}: tensor {t.name}: {e}") from None

