@@ -83,7 +83,7 @@ def cmd_chat(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from zenlm.config import PRESETS, Config, human, param_counts
+    from zenlm.config import PRESETS, human, param_counts
 
     if args.list:
         for name, c in PRESETS.items():

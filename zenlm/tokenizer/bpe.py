@@ -8,7 +8,6 @@ It does not read files other than those JSON/Jinja files, and it does not render
 from __future__ import annotations
 
 import json
-import unicodedata
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -69,12 +68,12 @@ class Tokenizer:
         """From an HF `tokenizer.json`; configs supply eos/pad/bos and the chat template."""
         tk = _HFTokenizer.from_file(str(tokenizer_json_path))
         tc, gc = tokenizer_config or {}, generation_config or {}
-        for tid, tok in sorted((tc.get("added_tokens_decoder") or {}).items(), key=lambda kv: int(kv[0])):
+        for key, tok in sorted((tc.get("added_tokens_decoder") or {}).items(), key=lambda kv: int(kv[0])):
             content = _token_content(tok)
             if tk.token_to_id(content) is None:
                 tk.add_tokens([AddedToken(content, special=bool(tok.get("special")), normalized=False)])
-            if tk.token_to_id(content) != int(tid):
-                raise ValueError(f"added token {content!r} is id {tid} in tokenizer_config.json "
+            if tk.token_to_id(content) != int(key):
+                raise ValueError(f"added token {content!r} is id {key} in tokenizer_config.json "
                                  f"but {tk.token_to_id(content)} in {tokenizer_json_path}")
 
         def tid(name: str) -> int | None:
@@ -110,6 +109,18 @@ class Tokenizer:
         elif "chat_template" in (ct := load("chat_template.json")):
             tc["chat_template"] = ct["chat_template"]
         return cls.from_file(path / "tokenizer.json", tc, load("generation_config.json"))
+
+    def save(self, directory: str | Path) -> None:
+        """Write tokenizer.json and tokenizer_config.json (with the chat template) into an HF directory."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self._tk.save(str(path / "tokenizer.json"))
+        name = self._tk.id_to_token
+        config = {"eos_token": name(self.eos_token_ids[0]) if self.eos_token_ids else None,
+                  "pad_token": None if self.pad_token_id is None else name(self.pad_token_id),
+                  "bos_token": None if self.bos_token_id is None else name(self.bos_token_id),
+                  "chat_template": self.chat_template, "add_bos_token": False}
+        (path / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
     def from_gguf(cls, meta: dict) -> Tokenizer:

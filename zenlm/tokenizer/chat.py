@@ -103,15 +103,19 @@ def _chatml(messages: list[dict], add_generation_prompt: bool) -> str:
 
 def render(template: str | None, messages: list[dict], tools: list[dict] | None = None,
            add_generation_prompt: bool = True, **extra: Any) -> str:
-    """Prompt text for `messages`. `extra` reaches the template as variables (e.g. bos_token)."""
+    """Prompt text for `messages`. `extra` reaches the template as variables (e.g. bos_token).
+    Errors the template raises (raise_exception, sandbox, syntax) come out as ValueError."""
     messages = _prepare(messages)
     if template is None:
         if tools:
             raise ValueError("tools need the model's chat template; plain ChatML has no place for them")
         return _chatml(messages, add_generation_prompt)
     context = {"documents": None, **extra}  # transformers always defines `documents`
-    return _compile(template).render(messages=messages, tools=tools,
-                                     add_generation_prompt=add_generation_prompt, **context)
+    try:
+        return _compile(template).render(messages=messages, tools=tools,
+                                         add_generation_prompt=add_generation_prompt, **context)
+    except jinja2.TemplateError as e:  # raise_exception(...), sandbox violations, syntax errors
+        raise ValueError(f"chat template failed: {e}") from e
 
 
 def render_ids(tokenizer: Tokenizer, messages: list[dict],

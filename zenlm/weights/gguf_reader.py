@@ -55,6 +55,8 @@ class _Cursor:
         return s
 
     def value(self, vtype: int) -> Any:
+        if vtype == 6:  # float32: the shortest decimal that round-trips (1e-06, not 9.99999997e-07)
+            return float(str(np.float32(self.take("f"))))
         if vtype in _SCALARS:
             return self.take(_SCALARS[vtype])
         if vtype == 8:
