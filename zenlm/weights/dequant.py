@@ -1,37 +1,28 @@
 """GGUF tensor bytes -> float32 torch tensors, bit-identical to `gguf.quants.dequantize`.
 
-Covers F32, F16, BF16, the legacy block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and the K-quants
-(Q2_K .. Q6_K) with vectorized torch ops over row chunks; the float operations run in the same
-order and dtypes as gguf's numpy code so every element matches bit for bit. It does not do the
-IQ*/TQ* types, quantize, or run quantized matmuls; parsing the file is gguf_reader.py's job.
+Covers F32, F16, BF16, the 32-element block types (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) and the
+K-quants (Q2_K .. Q6_K) with vectorized torch ops over chunks of blocks; the float math runs in
+gguf's order and dtypes, so every element matches bit for bit. It does not decode the IQ*/TQ*
+types, quantize, or run quantized matmuls; parsing the file is gguf_reader.py's job.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
-# Blocks are decoded this many output elements at a time: large enough that per-op overhead is
-# small, small enough that the temporaries stay in cache.
+# Blocks are decoded about this many output elements at a time: enough to amortize per-op
+# overhead, few enough that the temporaries stay in cache.
 _CHUNK_ELEMENTS = 1 << 19
 
-
-def _bit_table(one: int, zero: int) -> torch.Tensor:
-    """[256] int64: entry x holds 8 bytes, byte k = `one` if bit k of x is set else `zero`."""
-    bits = (torch.arange(256)[:, None] >> torch.arange(8)) & 1  # [256, 8]
-    return torch.where(bits.bool(), one, zero).to(torch.uint8).contiguous().view(torch.int64).view(256)
-
-
-# Fifth bit of Q5_0/Q5_1 quants, already shifted into place: q = low nibble | table[qh byte].
-_HIGH_BIT = _bit_table(0x10, 0x00)
-# Q5_0 stores q - 16 as int8: for q = nib | bit << 4 that is nib when the bit is set and
-# nib - 16 (= nib | 0xF0 as a byte) when it is not, so one OR yields the signed value directly.
-_HIGH_BIT_MINUS_16 = _bit_table(0x00, 0xF0)
+# Speed notes (measured, 2 cores): torch ops pay per contiguous run, so every integer op here
+# works on whole rows or 8-byte words, and no op writes into a strided slice (out=x[:, :16]) or
+# broadcasts over a middle dimension; both are 5-10x slower than the same op on full rows.
 
 
 def _half(b: torch.Tensor, offset: int) -> torch.Tensor:
@@ -39,28 +30,53 @@ def _half(b: torch.Tensor, offset: int) -> torch.Tensor:
     return b[:, offset:offset + 2].view(torch.float16).float()
 
 
-def _nibbles(x: torch.Tensor) -> torch.Tensor:
-    """[..., g] uint8 -> [..., 2, g]: the low nibbles of the g bytes, then their high nibbles."""
-    out = x.new_empty((*x.shape[:-1], 2, x.shape[-1]))
-    torch.bitwise_and(x, 0x0F, out=out[..., 0, :])
-    torch.bitwise_right_shift(x, 4, out=out[..., 1, :])
+def _planes(x: torch.Tensor, shifts: Sequence[int], mask: int) -> torch.Tensor:
+    """[r, k] uint8 -> [r, len(shifts), k] uint8 whose plane i is (x >> shifts[i]) & mask.
+
+    Works on 8 bytes per int64 when k allows: mask < 2**(8 - shift), so the bits a word shift
+    carries in from the next byte are always masked off.
+    """
+    if x.shape[-1] % 8 == 0:
+        x, mask = x.contiguous().view(torch.int64), mask * 0x0101010101010101
+    return torch.stack([(x >> s) & mask for s in shifts], dim=1).view(torch.uint8)
+
+
+def _bit_table(one: int, zero: int) -> torch.Tensor:
+    """[256] int64: entry x holds 8 bytes, byte k = `one` if bit k of x is set else `zero`."""
+    bits = (torch.arange(256)[:, None] >> torch.arange(8)) & 1  # [256, 8]
+    return torch.where(bits.bool(), one, zero).to(torch.uint8).view(torch.int64).view(256)
+
+
+# The fifth bit of Q5_1 quants, shifted into place: q = nibble | table[qh byte].
+_FIFTH_BIT = _bit_table(0x10, 0x00)
+# Q5_0 wants q - 16 as an int8: that byte is the nibble when the fifth bit is set and
+# nibble - 16 = nibble | 0xF0 when it is not, so one OR gives the signed value.
+_FIFTH_BIT_MINUS_16 = _bit_table(0x00, 0xF0)
+
+# The 32-element types are decoded as two halves, [2, n, 16]: h = 0 holds elements 0..15 (low
+# nibbles, qh bits 0..15), h = 1 elements 16..31 (high nibbles, qh bits 16..31). In that layout
+# every integer op runs over one contiguous tensor; only the final multiply writes two slices.
+
+
+def _nibble_halves(b: torch.Tensor, offset: int) -> torch.Tensor:
+    """The 16 nibble bytes at `offset` of each block -> [2, n, 16] uint8 quants."""
+    qs = b[:, offset:offset + 16].contiguous().view(torch.int64)  # [n, 2]
+    lo = 0x0F0F0F0F0F0F0F0F
+    return torch.stack([qs & lo, (qs >> 4) & lo]).view(torch.uint8).view(2, -1, 16)
+
+
+def _fifth_bit_halves(b: torch.Tensor, offset: int, table: torch.Tensor) -> torch.Tensor:
+    """The 32-bit qh at `offset` of each block -> [2, n, 16] uint8, via `table` byte by byte."""
+    # Read as int16 [2, n] and made contiguous, the qh bytes fall in [half, block, byte] order.
+    qh = b[:, offset:offset + 4].view(torch.int16).T.contiguous().view(torch.uint8)
+    return table.index_select(0, qh.view(-1).int()).view(torch.uint8).view(2, -1, 16)
+
+
+def _scale_halves(q: torch.Tensor, d: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[:, 16h:16h+16] = q[h] * d for both halves: q [2, n, 16] int, d [n, 1], out [n, 32]."""
+    torch.mul(q[0], d, out=out[:, :16])
+    torch.mul(q[1], d, out=out[:, 16:])
     return out
-
-
-def _bits(x: torch.Tensor, shifts: torch.Tensor, mask: int) -> torch.Tensor:
-    """[n, r, g] uint8 -> [n, r, len(shifts), g]: (x >> shift) & mask for each shift."""
-    out = (x[:, :, None, :] >> shifts[:, None])
-    return out.bitwise_and_(mask)
-
-
-_SHIFT_2 = torch.tensor([0, 2, 4, 6], dtype=torch.uint8)
-_SHIFT_1 = torch.arange(8, dtype=torch.uint8)
-
-
-def _high_bits(qh: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-    """[n, 4] uint8 bitmask -> [n, 32] uint8, element j from bit j (little-endian) via `table`."""
-    n = qh.shape[0]
-    return table.index_select(0, qh.reshape(-1).int()).view(torch.uint8).view(n, 32)
 
 
 # --- one function per type family: b [n, type_size] uint8 blocks -> out [n, block_size] float32 ---
@@ -72,66 +88,54 @@ def _q8_0(b: torch.Tensor, out: torch.Tensor) -> None:
 
 def _q4_0(b: torch.Tensor, out: torch.Tensor) -> None:
     # d: f16, qs: 16 bytes of nibbles;  x = (nibble - 8) * d
-    q = _nibbles(b[:, 2:]).view(torch.int8).sub_(8)  # [n, 2, 16]
-    torch.mul(q.view(-1, 32), _half(b, 0), out=out)
+    q = _nibble_halves(b, 2).view(torch.int8).sub_(8)
+    _scale_halves(q, _half(b, 0), out)
 
 
 def _q4_1(b: torch.Tensor, out: torch.Tensor) -> None:
     # d: f16, m: f16, qs: 16 bytes of nibbles;  x = d * nibble + m
-    q = _nibbles(b[:, 4:])  # [n, 2, 16]
-    torch.mul(q.view(-1, 32), _half(b, 0), out=out).add_(_half(b, 2))
+    _scale_halves(_nibble_halves(b, 4), _half(b, 0), out).add_(_half(b, 2))
 
 
 def _q5_0(b: torch.Tensor, out: torch.Tensor) -> None:
     # d: f16, qh: 32 fifth bits, qs: 16 bytes of nibbles;  x = ((nibble | bit << 4) - 16) * d
-    q = _nibbles(b[:, 6:]).view(-1, 32)
-    q |= _high_bits(b[:, 2:6], _HIGH_BIT_MINUS_16)
-    torch.mul(q.view(torch.int8), _half(b, 0), out=out)
+    q = _nibble_halves(b, 6) | _fifth_bit_halves(b, 2, _FIFTH_BIT_MINUS_16)
+    _scale_halves(q.view(torch.int8), _half(b, 0), out)
 
 
 def _q5_1(b: torch.Tensor, out: torch.Tensor) -> None:
     # d: f16, m: f16, qh: 32 fifth bits, qs: 16 bytes of nibbles;  x = d * (nibble | bit << 4) + m
-    q = _nibbles(b[:, 8:]).view(-1, 32)
-    q |= _high_bits(b[:, 4:8], _HIGH_BIT)
-    torch.mul(q, _half(b, 0), out=out).add_(_half(b, 2))
+    q = _nibble_halves(b, 8) | _fifth_bit_halves(b, 4, _FIFTH_BIT)
+    _scale_halves(q, _half(b, 0), out).add_(_half(b, 2))
 
 
 def _q2_k(b: torch.Tensor, out: torch.Tensor) -> None:
-    # scales: 16 x (4-bit scale | 4-bit min), qs: 64 bytes of 2-bit quants, d: f16, dmin: f16
+    # scales: 16 x (4-bit scale | 4-bit min << 4), qs: 64 bytes of 2-bit quants, d: f16, dmin: f16
     # x = (d * scale) * q - (dmin * min), per 16-element sub-block
     n = b.shape[0]
     scales = b[:, :16]
     dl = _half(b, 80) * (scales & 0x0F).float()  # [n, 16]
     ml = _half(b, 82) * (scales >> 4).float()
-    q = _bits(b[:, 16:80].view(n, 2, 32), _SHIFT_2, 0x03).view(n, 16, 16)
-    o = out.view(n, 16, 16)
-    torch.mul(q, dl[:, :, None], out=o).sub_(ml[:, :, None])
+    q = _planes(b[:, 16:80].reshape(2 * n, 32), (0, 2, 4, 6), 0x03).view(n, 16, 16)
+    torch.mul(q, dl[:, :, None], out=out.view(n, 16, 16)).sub_(ml[:, :, None])
 
 
 def _q3_k(b: torch.Tensor, out: torch.Tensor) -> None:
     # hmask: 32 bytes of high bits, qs: 64 bytes of 2-bit quants, scales: 16 x 6 bits, d: f16
     # x = (d * (scale - 32)) * (q - (4 if the hmask bit is clear else 0)), per 16-element sub-block
     n = b.shape[0]
-    s = b[:, 96:108]
-    low = _nibble_pairs(s[:, :8])  # [n, 16]: 8 low nibbles then 8 high nibbles
-    high = _bits(s[:, None, 8:12], _SHIFT_2, 0x03).view(n, 16)
-    scale = (low | (high << 4)).view(torch.int8).sub_(32).float()
-    dl = _half(b, 108) * scale  # [n, 16]
-    ql = _bits(b[:, 32:96].view(n, 2, 32), _SHIFT_2, 0x03).view(n, 16, 16)
-    qh = _bits(b[:, None, :32], _SHIFT_1, 0x01).view(n, 16, 16)
+    low = _planes(b[:, 96:104], (0, 4), 0x0F).view(n, 16)
+    high = _planes(b[:, 104:108], (0, 2, 4, 6), 0x03).view(n, 16)
+    dl = _half(b, 108) * (low | (high << 4)).view(torch.int8).sub_(32).float()  # [n, 16]
+    ql = _planes(b[:, 32:96].reshape(2 * n, 32), (0, 2, 4, 6), 0x03).view(n, 16, 16)
+    qh = _planes(b[:, :32], range(8), 0x01).view(n, 16, 16)
     q = ql.view(torch.int8) - ((qh ^ 1) << 2).view(torch.int8)
     torch.mul(q, dl[:, :, None], out=out.view(n, 16, 16))
 
 
-def _nibble_pairs(x: torch.Tensor) -> torch.Tensor:
-    """[n, g] uint8 -> [n, 2g]: low nibbles then high nibbles, as one row."""
-    return _nibbles(x).view(x.shape[0], -1)
-
-
 def _k_scale_min(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The 12 packed scale bytes of Q4_K/Q5_K (bytes 4..16) -> 8 six-bit scales and 8 mins."""
-    s = b[:, 4:16]
-    d, m, md = s[:, 0:4], s[:, 4:8], s[:, 8:12]
+    """Bytes 4..16 of a Q4_K/Q5_K block -> its 8 six-bit scales and 8 six-bit mins, [n, 8] each."""
+    d, m, md = b[:, 4:8], b[:, 8:12], b[:, 12:16]
     sc = torch.cat([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], dim=1)
     mn = torch.cat([m & 0x3F, (md >> 4) | ((m >> 2) & 0x30)], dim=1)
     return sc, mn
@@ -144,7 +148,7 @@ def _q4_k(b: torch.Tensor, out: torch.Tensor) -> None:
     sc, mn = _k_scale_min(b)
     dl = _half(b, 0) * sc.float()  # [n, 8]
     ml = _half(b, 2) * mn.float()
-    q = _nibbles(b[:, 16:].view(n, 4, 32)).view(n, 8, 32)
+    q = _planes(b[:, 16:].reshape(4 * n, 32), (0, 4), 0x0F).view(n, 8, 32)
     torch.mul(q, dl[:, :, None], out=out.view(n, 8, 32)).sub_(ml[:, :, None])
 
 
@@ -154,8 +158,8 @@ def _q5_k(b: torch.Tensor, out: torch.Tensor) -> None:
     sc, mn = _k_scale_min(b)
     dl = _half(b, 0) * sc.float()
     ml = _half(b, 2) * mn.float()
-    q = _nibbles(b[:, 48:].view(n, 4, 32)).view(n, 8, 32)
-    q |= _bits(b[:, None, 16:48], _SHIFT_1, 0x01).view(n, 8, 32) << 4
+    q = _planes(b[:, 48:].reshape(4 * n, 32), (0, 4), 0x0F).view(n, 8, 32)
+    q |= _planes(b[:, 16:48], range(8), 0x01).view(n, 8, 32) << 4
     torch.mul(q, dl[:, :, None], out=out.view(n, 8, 32)).sub_(ml[:, :, None])
 
 
@@ -164,8 +168,8 @@ def _q6_k(b: torch.Tensor, out: torch.Tensor) -> None:
     # x = (d * scale) * (q - 32), per 16-element sub-block
     n = b.shape[0]
     dl = _half(b, 208) * b[:, 192:208].view(torch.int8).float()  # [n, 16]
-    ql = _nibbles(b[:, :128].view(n, 2, 64)).view(n, 8, 32)
-    qh = _bits(b[:, 128:192].view(n, 2, 32), _SHIFT_2, 0x03).view(n, 8, 32)
+    ql = _planes(b[:, :128].reshape(2 * n, 64), (0, 4), 0x0F).view(n, 8, 32)
+    qh = _planes(b[:, 128:192].reshape(2 * n, 32), (0, 2, 4, 6), 0x03).view(n, 8, 32)
     q = (ql | (qh << 4)).view(torch.int8).sub_(32)
     torch.mul(q.view(n, 16, 16), dl[:, :, None], out=out.view(n, 16, 16))
 
@@ -183,7 +187,7 @@ def _as_bytes(data: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Raw tensor data (any dtype, numpy or torch) -> a flat uint8 torch view of the same bytes."""
     if isinstance(data, np.ndarray):
         data = np.ascontiguousarray(data)
-        with warnings.catch_warnings():  # read-only mmaps: we only read them
+        with warnings.catch_warnings():  # read-only mmaps (gguf.GGUFReader): we only read them
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             data = torch.from_numpy(data)
     return data.contiguous().view(-1).view(torch.uint8)
@@ -192,8 +196,9 @@ def _as_bytes(data: np.ndarray | torch.Tensor) -> torch.Tensor:
 def dequantize(data: np.ndarray | torch.Tensor, qtype: T, shape: tuple[int, ...]) -> torch.Tensor:
     """Decode one GGUF tensor's raw data into a new contiguous float32 tensor of `shape`.
 
-    `data` is the tensor's bytes as the file holds them (a typed array for F32/F16/BF16, uint8
-    [rows..., bytes per row] for block types); `shape` is in PyTorch order (slowest dim first).
+    `data` holds the tensor's bytes as stored in the file (typed for F32/F16/BF16, or uint8
+    [rows..., bytes per row] as gguf's readers give block types); `shape` is in PyTorch order
+    (slowest dimension first). The result never aliases `data`, even for F32.
     """
     qtype = T(qtype)
     if qtype not in SUPPORTED:
@@ -203,10 +208,10 @@ def dequantize(data: np.ndarray | torch.Tensor, qtype: T, shape: tuple[int, ...]
     numel = math.prod(shape)
     block, type_size = GGML_QUANT_SIZES[qtype]
     if shape and shape[-1] % block:
-        raise ValueError(f"{qtype.name} rows must hold whole blocks of {block}, got shape {shape}")
+        raise ValueError(f"{qtype.name} rows hold whole blocks of {block} elements, got shape {shape}")
     raw = _as_bytes(data)
     if raw.numel() != numel // block * type_size:
-        raise ValueError(f"{qtype.name} tensor of shape {shape} needs {numel // block * type_size} "
+        raise ValueError(f"{qtype.name} tensor of shape {shape} has {numel // block * type_size} "
                          f"bytes, got {raw.numel()}")
 
     if qtype in _FLOAT_TYPES:
