@@ -31,7 +31,7 @@ def hf_model(gguf_path):
 @pytest.mark.parametrize("chat", range(len(CHATS)))
 def test_greedy_completion_matches_transformers(default_llm, hf_model, chat):
     ids = default_llm.chat_ids(CHATS[chat])
-    ours = default_llm.generate([ids], SamplingParams(max_tokens=32, temperature=0))[0]
+    ours = default_llm.generate([ids], SamplingParams(max_tokens=32, temperature=0, repetition_penalty=1.0))[0]
     with torch.inference_mode():
         out = hf_model.generate(torch.tensor([ids]), max_new_tokens=32, do_sample=False, repetition_penalty=1.0,
                                 eos_token_id=default_llm.tokenizer.eos_token_ids, pad_token_id=151643)

@@ -1,0 +1,56 @@
+"""The one-way import rules of ARCHITECTURE.md, checked by walking every module's imports."""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent / "zenlm"
+# module prefix -> zenlm packages it may import (besides itself)
+ALLOWED = {
+    "zenlm.config": set(),
+    "zenlm.tokenizer": set(),
+    "zenlm.model": {"zenlm.config"},
+    "zenlm.weights": {"zenlm.config", "zenlm.model", "zenlm.tokenizer"},
+    "zenlm.engine": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights"},  # weights: llm.py only
+}
+
+
+def imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found
+
+
+def module_name(path: Path) -> str:
+    return ".".join(("zenlm",) + path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def test_import_rules():
+    broken = []
+    for path in ROOT.rglob("*.py"):
+        name = module_name(path)
+        rule = next((k for k in ALLOWED if name == k or name.startswith(k + ".")), None)
+        if rule is None:
+            continue
+        for mod in imports(path):
+            if mod.startswith("zenlm") and not mod.startswith(rule):
+                if not any(mod == a or mod.startswith(a + ".") for a in ALLOWED[rule]):
+                    broken.append(f"{name} imports {mod}")
+    # only engine/llm.py may load weights
+    for path in (ROOT / "engine").rglob("*.py"):
+        if path.name != "llm.py":
+            assert not any(m.startswith("zenlm.weights") for m in imports(path)), path
+    assert not broken, broken
+
+
+def test_config_and_tokenizer_do_not_import_torch():
+    for path in [ROOT / "config.py", *(ROOT / "tokenizer").rglob("*.py")]:
+        assert "torch" not in {m.split(".")[0] for m in imports(path)}, path
+
+
+def test_every_module_has_a_docstring():
+    for path in ROOT.rglob("*.py"):
+        assert ast.get_docstring(ast.parse(path.read_text())), f"{path} has no docstring"
