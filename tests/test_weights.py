@@ -131,7 +131,10 @@ def test_gguf_and_safetensors_give_the_same_logits(tmp_path, c):
     a = load(write_gguf(tmp_path / "m.gguf", c, sd), progress=False)
     b = load(write_hf_dir(tmp_path / "hf", c, sd), progress=False)
     assert a.config.replace(name="t") == b.config.replace(name="t", sliding_window=None, max_window_layers=0)
-    torch.testing.assert_close(logits(a), logits(b), rtol=0, atol=0)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    # same weights; the kernels may round differently for differently aligned expert slices
+    torch.testing.assert_close(logits(a), logits(b), rtol=1e-6, atol=1e-6)
     assert b.generation_config["temperature"] == 0.3
     assert a.tokenizer.encode("hello world") == b.tokenizer.encode("hello world") == [259, 260, 111, 114, 108, 100]
 

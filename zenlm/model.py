@@ -196,7 +196,8 @@ class Block(nn.Module):
 class Backbone(nn.Module):
     def __init__(self, c: Config):
         super().__init__()
-        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
+        # _weight skips Embedding's own init, whose normal_ on meta imports torch._refs (~2 s)
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size, _weight=torch.empty(c.vocab_size, c.hidden_size))
         self.layers = nn.ModuleList(Block(c, i) for i in range(c.num_layers))
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps)
 
@@ -209,6 +210,19 @@ class Transformer(nn.Module):
         self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False)
         self.rotary = Rotary(c)
         self.tie_weights()
+        if not self.lm_head.weight.is_meta:  # built on meta, the weights come from a checkpoint
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02) -> None:
+        """Random init for training from scratch: normal(0, std) matrices, zero biases, unit norms."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                m.weight.normal_(0.0, std)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                m.bias.zero_()
+            if isinstance(m, RMSNorm):
+                m.weight.fill_(1.0)
 
     def tie_weights(self) -> None:
         if self.config.tie_word_embeddings:
