@@ -14,15 +14,17 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as T
 
 # Blocks are decoded about this many output elements at a time: enough to amortize per-op
-# overhead, few enough that the temporaries stay in cache.
-_CHUNK_ELEMENTS = 1 << 19
+# overhead, few enough that the temporaries stay in the last-level cache.
+_CHUNK_ELEMENTS = 1 << 20
 
-# Speed notes (measured, 2 cores): torch ops pay per contiguous run, so every integer op here
-# works on whole rows or 8-byte words, and no op writes into a strided slice (out=x[:, :16]) or
-# broadcasts over a middle dimension; both are 5-10x slower than the same op on full rows.
+# Speed notes (measured on 2 cores): a torch op costs about as much per contiguous run as per
+# element here, so the integer work runs on 8-byte words and no op writes into a strided slice
+# (out=x[:, :16]) or broadcasts over a middle dimension (x[:, None] >> shifts): those run 5-10x
+# slower than the same op on whole rows. The final float multiply is bound by memory bandwidth.
 
 
 def _half(b: torch.Tensor, offset: int) -> torch.Tensor:
@@ -31,14 +33,12 @@ def _half(b: torch.Tensor, offset: int) -> torch.Tensor:
 
 
 def _planes(x: torch.Tensor, shifts: Sequence[int], mask: int) -> torch.Tensor:
-    """[r, k] uint8 -> [r, len(shifts), k] uint8 whose plane i is (x >> shifts[i]) & mask.
-
-    Works on 8 bytes per int64 when k allows: mask < 2**(8 - shift), so the bits a word shift
-    carries in from the next byte are always masked off.
-    """
-    if x.shape[-1] % 8 == 0:
-        x, mask = x.contiguous().view(torch.int64), mask * 0x0101010101010101
-    return torch.stack([(x >> s) & mask for s in shifts], dim=1).view(torch.uint8)
+    """[..., k] uint8 -> [..., len(shifts), k] uint8 whose plane i is (x >> shifts[i]) & mask."""
+    assert all(mask < 1 << (8 - s) for s in shifts), "a plane must not take bits of the next byte"
+    if x.shape[-1] % 8 == 0:  # 8 bytes per op: the bits an int64 shift brings in are masked off
+        x = x.clone(memory_format=torch.contiguous_format).view(torch.int64)
+        mask *= 0x0101010101010101
+    return torch.stack([(x >> s if s else x) & mask for s in shifts], dim=-2).view(torch.uint8)
 
 
 def _bit_table(one: int, zero: int) -> torch.Tensor:
@@ -53,33 +53,16 @@ _FIFTH_BIT = _bit_table(0x10, 0x00)
 # nibble - 16 = nibble | 0xF0 when it is not, so one OR gives the signed value.
 _FIFTH_BIT_MINUS_16 = _bit_table(0x00, 0xF0)
 
-# The 32-element types are decoded as two halves, [2, n, 16]: h = 0 holds elements 0..15 (low
-# nibbles, qh bits 0..15), h = 1 elements 16..31 (high nibbles, qh bits 16..31). In that layout
-# every integer op runs over one contiguous tensor; only the final multiply writes two slices.
 
-
-def _nibble_halves(b: torch.Tensor, offset: int) -> torch.Tensor:
-    """The 16 nibble bytes at `offset` of each block -> [2, n, 16] uint8 quants."""
-    qs = b[:, offset:offset + 16].contiguous().view(torch.int64)  # [n, 2]
-    lo = 0x0F0F0F0F0F0F0F0F
-    return torch.stack([qs & lo, (qs >> 4) & lo]).view(torch.uint8).view(2, -1, 16)
-
-
-def _fifth_bit_halves(b: torch.Tensor, offset: int, table: torch.Tensor) -> torch.Tensor:
-    """The 32-bit qh at `offset` of each block -> [2, n, 16] uint8, via `table` byte by byte."""
-    # Read as int16 [2, n] and made contiguous, the qh bytes fall in [half, block, byte] order.
-    qh = b[:, offset:offset + 4].view(torch.int16).T.contiguous().view(torch.uint8)
-    return table.index_select(0, qh.view(-1).int()).view(torch.uint8).view(2, -1, 16)
-
-
-def _scale_halves(q: torch.Tensor, d: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """out[:, 16h:16h+16] = q[h] * d for both halves: q [2, n, 16] int, d [n, 1], out [n, 32]."""
-    torch.mul(q[0], d, out=out[:, :16])
-    torch.mul(q[1], d, out=out[:, 16:])
-    return out
+def _fifth_bits(qh: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """[n, 4] uint8 qh (bit j is element j's fifth bit) -> [n, 32] uint8 bytes from `table`."""
+    return table.index_select(0, qh.int().view(-1)).view(torch.uint8).view(-1, 32)
 
 
 # --- one function per type family: b [n, type_size] uint8 blocks -> out [n, block_size] float32 ---
+# Quants of the 32-element types: element j < 16 is the low nibble of qs[j], j >= 16 the high
+# nibble of qs[j - 16]; Q5_0/Q5_1 add bit j of the 32-bit qh as the fifth bit.
+
 
 def _q8_0(b: torch.Tensor, out: torch.Tensor) -> None:
     # d: f16, qs: 32 x int8;  x = qs * d
@@ -88,25 +71,28 @@ def _q8_0(b: torch.Tensor, out: torch.Tensor) -> None:
 
 def _q4_0(b: torch.Tensor, out: torch.Tensor) -> None:
     # d: f16, qs: 16 bytes of nibbles;  x = (nibble - 8) * d
-    q = _nibble_halves(b, 2).view(torch.int8).sub_(8)
-    _scale_halves(q, _half(b, 0), out)
+    q = _planes(b[:, 2:18], (0, 4), 0x0F).view(torch.int8).sub_(8)
+    torch.mul(q.view(-1, 32), _half(b, 0), out=out)
 
 
 def _q4_1(b: torch.Tensor, out: torch.Tensor) -> None:
     # d: f16, m: f16, qs: 16 bytes of nibbles;  x = d * nibble + m
-    _scale_halves(_nibble_halves(b, 4), _half(b, 0), out).add_(_half(b, 2))
+    q = _planes(b[:, 4:20], (0, 4), 0x0F)
+    torch.mul(q.view(-1, 32), _half(b, 0), out=out).add_(_half(b, 2))
 
 
 def _q5_0(b: torch.Tensor, out: torch.Tensor) -> None:
     # d: f16, qh: 32 fifth bits, qs: 16 bytes of nibbles;  x = ((nibble | bit << 4) - 16) * d
-    q = _nibble_halves(b, 6) | _fifth_bit_halves(b, 2, _FIFTH_BIT_MINUS_16)
-    _scale_halves(q.view(torch.int8), _half(b, 0), out)
+    q = _planes(b[:, 6:22], (0, 4), 0x0F).view(-1, 32)
+    q |= _fifth_bits(b[:, 2:6], _FIFTH_BIT_MINUS_16)
+    torch.mul(q.view(torch.int8), _half(b, 0), out=out)
 
 
 def _q5_1(b: torch.Tensor, out: torch.Tensor) -> None:
     # d: f16, m: f16, qh: 32 fifth bits, qs: 16 bytes of nibbles;  x = d * (nibble | bit << 4) + m
-    q = _nibble_halves(b, 8) | _fifth_bit_halves(b, 4, _FIFTH_BIT)
-    _scale_halves(q, _half(b, 0), out).add_(_half(b, 2))
+    q = _planes(b[:, 8:24], (0, 4), 0x0F).view(-1, 32)
+    q |= _fifth_bits(b[:, 4:8], _FIFTH_BIT)
+    torch.mul(q, _half(b, 0), out=out).add_(_half(b, 2))
 
 
 def _q2_k(b: torch.Tensor, out: torch.Tensor) -> None:
@@ -116,7 +102,7 @@ def _q2_k(b: torch.Tensor, out: torch.Tensor) -> None:
     scales = b[:, :16]
     dl = _half(b, 80) * (scales & 0x0F).float()  # [n, 16]
     ml = _half(b, 82) * (scales >> 4).float()
-    q = _planes(b[:, 16:80].reshape(2 * n, 32), (0, 2, 4, 6), 0x03).view(n, 16, 16)
+    q = _planes(b[:, 16:80].view(n, 2, 32), (0, 2, 4, 6), 0x03).view(n, 16, 16)
     torch.mul(q, dl[:, :, None], out=out.view(n, 16, 16)).sub_(ml[:, :, None])
 
 
@@ -127,7 +113,7 @@ def _q3_k(b: torch.Tensor, out: torch.Tensor) -> None:
     low = _planes(b[:, 96:104], (0, 4), 0x0F).view(n, 16)
     high = _planes(b[:, 104:108], (0, 2, 4, 6), 0x03).view(n, 16)
     dl = _half(b, 108) * (low | (high << 4)).view(torch.int8).sub_(32).float()  # [n, 16]
-    ql = _planes(b[:, 32:96].reshape(2 * n, 32), (0, 2, 4, 6), 0x03).view(n, 16, 16)
+    ql = _planes(b[:, 32:96].view(n, 2, 32), (0, 2, 4, 6), 0x03).view(n, 16, 16)
     qh = _planes(b[:, :32], range(8), 0x01).view(n, 16, 16)
     q = ql.view(torch.int8) - ((qh ^ 1) << 2).view(torch.int8)
     torch.mul(q, dl[:, :, None], out=out.view(n, 16, 16))
@@ -148,7 +134,7 @@ def _q4_k(b: torch.Tensor, out: torch.Tensor) -> None:
     sc, mn = _k_scale_min(b)
     dl = _half(b, 0) * sc.float()  # [n, 8]
     ml = _half(b, 2) * mn.float()
-    q = _planes(b[:, 16:].reshape(4 * n, 32), (0, 4), 0x0F).view(n, 8, 32)
+    q = _planes(b[:, 16:].view(n, 4, 32), (0, 4), 0x0F).view(n, 8, 32)
     torch.mul(q, dl[:, :, None], out=out.view(n, 8, 32)).sub_(ml[:, :, None])
 
 
@@ -158,7 +144,7 @@ def _q5_k(b: torch.Tensor, out: torch.Tensor) -> None:
     sc, mn = _k_scale_min(b)
     dl = _half(b, 0) * sc.float()
     ml = _half(b, 2) * mn.float()
-    q = _planes(b[:, 48:].reshape(4 * n, 32), (0, 4), 0x0F).view(n, 8, 32)
+    q = _planes(b[:, 48:].view(n, 4, 32), (0, 4), 0x0F).view(n, 8, 32)
     q |= _planes(b[:, 16:48], range(8), 0x01).view(n, 8, 32) << 4
     torch.mul(q, dl[:, :, None], out=out.view(n, 8, 32)).sub_(ml[:, :, None])
 
@@ -168,8 +154,8 @@ def _q6_k(b: torch.Tensor, out: torch.Tensor) -> None:
     # x = (d * scale) * (q - 32), per 16-element sub-block
     n = b.shape[0]
     dl = _half(b, 208) * b[:, 192:208].view(torch.int8).float()  # [n, 16]
-    ql = _planes(b[:, :128].reshape(2 * n, 64), (0, 4), 0x0F).view(n, 8, 32)
-    qh = _planes(b[:, 128:192].reshape(2 * n, 32), (0, 2, 4, 6), 0x03).view(n, 8, 32)
+    ql = _planes(b[:, :128].view(n, 2, 64), (0, 4), 0x0F).view(n, 8, 32)
+    qh = _planes(b[:, 128:192].view(n, 2, 32), (0, 2, 4, 6), 0x03).view(n, 8, 32)
     q = (ql | (qh << 4)).view(torch.int8).sub_(32)
     torch.mul(q.view(n, 16, 16), dl[:, :, None], out=out.view(n, 16, 16))
 
@@ -190,7 +176,9 @@ def _as_bytes(data: np.ndarray | torch.Tensor) -> torch.Tensor:
         with warnings.catch_warnings():  # read-only mmaps (gguf.GGUFReader): we only read them
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             data = torch.from_numpy(data)
-    return data.contiguous().view(-1).view(torch.uint8)
+    raw = data.contiguous().view(-1).view(torch.uint8)
+    # Fields are read as fp16/int16/int64 views, which torch allows only at aligned offsets.
+    return raw.clone() if raw.storage_offset() % 8 else raw
 
 
 def dequantize(data: np.ndarray | torch.Tensor, qtype: T, shape: tuple[int, ...]) -> torch.Tensor:
