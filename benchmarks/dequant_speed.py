@@ -32,7 +32,7 @@ def _best(fn, repeat: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("path", nargs="?", default="/tmp/m/model.gguf")
+    p.add_argument("path", nargs="?", default=None, help="a GGUF file (default: the default model)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--check", action="store_true", help="also assert bit-exact equality")
@@ -40,6 +40,10 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
+    if args.path is None:
+        from zenlm.weights.registry import default_model_path
+
+        args.path = default_model_path()
     _, tensors = read_gguf(args.path)
     by_type = defaultdict(list)
     for t in tensors.values():
