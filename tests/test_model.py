@@ -80,12 +80,13 @@ def test_forward_and_decode_match_transformers(kind, over):
         torch.testing.assert_close(torch.cat(steps, 1), ref, rtol=1e-4, atol=1e-4)
 
 
-def test_last_only_returns_the_last_position():
+def test_logit_index_selects_one_position_per_row():
     _, ours = hf_pair("dense")
-    tokens = torch.randint(0, 300, (1, 7))
-    pos = torch.arange(7)[None]
+    tokens = torch.randint(0, 300, (2, 7))
+    pos = torch.arange(7).expand(2, 7)
     with torch.no_grad():
-        torch.testing.assert_close(ours(tokens, pos, last_only=True), ours(tokens, pos)[:, -1:])
+        full = ours(tokens, pos)
+        torch.testing.assert_close(ours(tokens, pos, logit_index=torch.tensor([6, 2])), full[[0, 1], [6, 2]])
 
 
 def test_cache_overflow_is_a_clear_error():

@@ -84,6 +84,9 @@ class Rotary(nn.Module):
 
 
 # ---- KV cache ------------------------------------------------------------------------------------
+# A cache is anything with update(layer, positions, k, v) -> (keys, values, key_positions): it stores
+# this step's k, v [B, KV, T, D] and returns what the queries attend to, [B, KV, S, D] each, with the
+# position of every key [B, S]. Keys at a position above a query's are masked (padding: a huge position).
 class KVCache:
     """Contiguous per-layer K/V buffers [B, KV, S, D]; the token at position p lives in slot p."""
 
@@ -93,14 +96,15 @@ class KVCache:
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(c.num_layers)]
         self.max_len = max_len
 
-    def update(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor, length: int):
-        """Write k, v [B, KV, T, D] at positions [B, T]; return the first `length` slots of the layer."""
-        if int(positions.max()) >= self.max_len:
-            raise ValueError(f"position {int(positions.max())} is past the cache length {self.max_len}")
+    def update(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        S = int(positions.max()) + 1
+        if S > self.max_len:
+            raise ValueError(f"position {S - 1} is past the cache length {self.max_len}")
         b = torch.arange(k.shape[0], device=k.device)[:, None]  # [B, 1]
         self.k[layer][b, :, positions] = k.transpose(1, 2)  # index [B, T] -> [B, T, KV, D]
         self.v[layer][b, :, positions] = v.transpose(1, 2)
-        return self.k[layer][:, :, :length], self.v[layer][:, :, :length]
+        key_pos = torch.arange(S, device=k.device).expand(k.shape[0], S)
+        return self.k[layer][:, :, :S], self.v[layer][:, :, :S], key_pos
 
 
 # ---- blocks --------------------------------------------------------------------------------------
@@ -125,9 +129,7 @@ class Attention(nn.Module):
         if cache is None:
             key_pos = positions  # [B, S=T]
         else:
-            S = int(positions.max()) + 1
-            k, v = cache.update(self.layer, positions, k, v, S)
-            key_pos = torch.arange(S, device=x.device).expand(B, S)
+            k, v, key_pos = cache.update(self.layer, positions, k, v)  # [B, KV, S, D], [B, S]
         mask = key_pos[:, None, :] <= positions[:, :, None]  # [B, T, S]
         if self.window:
             mask &= key_pos[:, None, :] > positions[:, :, None] - self.window
@@ -228,12 +230,13 @@ class Transformer(nn.Module):
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None,
-                last_only: bool = False) -> torch.Tensor:
-        """tokens, positions [B, T] -> logits [B, T, V] (or [B, 1, V] with last_only)."""
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache=None,
+                logit_index: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens, positions [B, T] -> logits [B, T, V]; with logit_index [B], only those positions: [B, V]."""
         x = self.model.embed_tokens(tokens)  # [B, T, C]
         cos, sin = self.rotary(positions, x.dtype)
         for block in self.model.layers:
             x = block(x, cos, sin, positions, cache)
-        x = self.model.norm(x[:, -1:] if last_only else x)
-        return self.lm_head(x)
+        if logit_index is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), logit_index]  # [B, C]
+        return self.lm_head(self.model.norm(x))

@@ -1,29 +1,31 @@
-"""LLM: the synchronous Python facade: load a model, generate, chat, stream.
+"""LLM (synchronous) and AsyncLLM (one background loop many callers share): the engine's facades.
 
     llm = LLM("default")
-    llm.generate(["def fib(n):"], SamplingParams(max_tokens=32, temperature=0))
+    llm.generate(["def fib(n):", "import os"], SamplingParams(max_tokens=32, temperature=0))  # batched
     for piece in llm.stream_chat([{"role": "user", "content": "hi"}]): print(piece, end="")
 
-Requests run one after another through a contiguous KV cache: prefill, then decode token by token.
-Continuous batching and paged KV blocks are the scheduler's job (engine/scheduler.py, later).
+Both load the model once (the only place in the engine that loads weights) and drive one Engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
 
 import torch
 
-from zenlm.engine.sampling import SamplingParams, make_generator, sample
-from zenlm.engine.sequence import Completion, Sequence
-from zenlm.model import KVCache
+from zenlm.engine.engine import Engine, EngineConfig
+from zenlm.engine.sampling import SamplingParams
+from zenlm.engine.sequence import Completion
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class LLM:
-    def __init__(self, model: str = "default", dtype: str = "float32", device: str = "cpu", progress: bool = True):
-        from zenlm.weights.load import load  # the one place in the engine that loads weights
+    def __init__(self, model: str = "default", dtype: str = "float32", device: str = "cpu", progress: bool = True,
+                 engine: EngineConfig | None = None):
+        from zenlm.weights.load import load
 
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
@@ -31,74 +33,114 @@ class LLM:
         self.config, self.model, self.tokenizer = loaded.config, loaded.model, loaded.tokenizer
         self.generation_config, self.path = loaded.generation_config, loaded.path
         self.device, self.dtype = torch.device(device), DTYPES[dtype]
+        self.engine = Engine(self.model, self.tokenizer, self.generation_config, self.dtype, device, engine)
+
+    # ---- prompts -> ids --------------------------------------------------------------------------
+    def chat_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        if not messages:
+            raise ValueError("messages is empty")
+        return self.tokenizer.encode(self.tokenizer.apply_chat(messages, tools=tools, add_generation_prompt=True))
+
+    def _ids(self, prompt: str | list[int]) -> list[int]:
+        return self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
 
     # ---- public API ------------------------------------------------------------------------------
-    def generate(self, prompts: str | list[str] | list[list[int]],
-                 params: SamplingParams | None = None) -> list[Completion]:
-        """Complete each prompt (text, or token ids) as it is, without a chat template."""
+    def generate(self, prompts: str | list[str] | list[int] | list[list[int]],
+                 params: SamplingParams | list[SamplingParams] | None = None) -> list[Completion]:
+        """Complete each prompt (text, or token ids) as it is, without a chat template; all batched."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
-        return [self._complete(self._ids(p), params) for p in prompts]
+        plist = params if isinstance(params, list) else [params] * len(prompts)
+        seqs = []
+        try:
+            for p, sp in zip(prompts, plist):
+                seqs.append(self.engine.add(self._ids(p), sp))
+            while self.engine.has_work:
+                self.engine.step()
+        finally:
+            for s in seqs:
+                self.engine.abort(s)  # no-op for finished ones; frees blocks on errors and Ctrl-C
+        return [s.result() for s in seqs]
 
     def chat(self, messages: list[dict], params: SamplingParams | None = None,
              tools: list[dict] | None = None) -> Completion:
         """Answer a conversation (OpenAI-style messages) through the model's chat template."""
-        return self._complete(self.chat_ids(messages, tools), params)
+        return self.generate([self.chat_ids(messages, tools)], params)[0]
 
     def stream(self, prompt: str | list[int], params: SamplingParams | None = None) -> Iterator[str]:
         """Yield text pieces as they are generated (raw prompt, no chat template)."""
-        seq = self._sequence(self._ids(prompt), params)
-        yield from self._run(seq)
+        seq = self.engine.add(self._ids(prompt), params)
+        try:
+            while not seq.finished:
+                for out in self.engine.step():
+                    if out.seq is seq and out.text:
+                        yield out.text
+        finally:
+            self.engine.abort(seq)
 
     def stream_chat(self, messages: list[dict], params: SamplingParams | None = None,
                     tools: list[dict] | None = None) -> Iterator[str]:
-        seq = self._sequence(self.chat_ids(messages, tools), params)
-        yield from self._run(seq)
+        yield from self.stream(self.chat_ids(messages, tools), params)
 
-    def chat_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        return self.tokenizer.encode(self.tokenizer.apply_chat(messages, tools=tools, add_generation_prompt=True))
 
-    # ---- internals -------------------------------------------------------------------------------
-    def _ids(self, prompt: str | list[int]) -> list[int]:
-        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-        if not ids:
-            raise ValueError("the prompt is empty")
-        return ids
+class AsyncLLM(LLM):
+    """One background thread steps the engine; any number of coroutines submit and stream concurrently."""
 
-    def _sequence(self, ids: list[int], params: SamplingParams | None) -> Sequence:
-        p = (params or SamplingParams()).validate().resolved(self.generation_config).validate()
-        ctx = self.config.context_length
-        if len(ids) >= ctx:
-            raise ValueError(f"the prompt is {len(ids)} tokens; the model's context is {ctx} tokens")
-        eos = set(self.tokenizer.eos_token_ids)
-        return Sequence(ids, p, eos, self.tokenizer.stream())
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._start()
 
-    def _complete(self, ids: list[int], params: SamplingParams | None) -> Completion:
-        seq = self._sequence(ids, params)
-        for _ in self._run(seq):
+    def _start(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._queues: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="zenlm-engine", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._closed:
+            self._wake.wait()
+            with self._lock:
+                if not self.engine.has_work:
+                    self._wake.clear()
+                    continue
+                outs = self.engine.step()
+            for out in outs:
+                loop, q = self._queues.get(out.seq.seq_id, (None, None))
+                if q is not None:
+                    loop.call_soon_threadsafe(q.put_nowait, out)
+
+    async def stream_ids(self, prompt_ids: list[int], params: SamplingParams | None = None) -> AsyncIterator[str]:
+        """Yield text pieces for one request; cancelling the consumer aborts it and frees its blocks."""
+        async for out in self._outputs(prompt_ids, params):
+            if out.text:
+                yield out.text
+
+    async def complete_ids(self, prompt_ids: list[int], params: SamplingParams | None = None) -> Completion:
+        out = None
+        async for out in self._outputs(prompt_ids, params):
             pass
-        return seq.result()
+        return out.seq.result()
 
-    @torch.inference_mode()
-    def _run(self, seq: Sequence) -> Iterator[str]:
-        """Prefill the prompt, then decode until the sequence finishes; yields streamable text."""
-        n = len(seq.prompt_ids)
-        max_len = min(self.config.context_length, n + seq.params.max_tokens)
-        cache = KVCache(self.config, 1, max_len, self.dtype, self.device)
-        gen = make_generator(seq.params.seed, self.device)
-        tokens = torch.tensor([seq.prompt_ids], device=self.device)
-        positions = torch.arange(n, device=self.device)[None]
-        while True:
-            logits = self.model(tokens, positions, cache, last_only=True)[:, -1].float()  # [1, V]
-            token = int(sample(logits, [seq.params], [seq.all_ids], [n], [gen])[0])
-            piece = seq.append(token)
-            if piece:
-                yield piece
-            pos = n + len(seq.output_ids)
-            if not seq.finished and pos >= max_len:
-                if tail := seq.finish("length"):
-                    yield tail
-            if seq.finished:
-                return
-            tokens = torch.tensor([[token]], device=self.device)
-            positions = torch.tensor([[pos - 1]], device=self.device)
+    async def _outputs(self, prompt_ids: list[int], params: SamplingParams | None):
+        q: asyncio.Queue = asyncio.Queue()
+        with self._lock:
+            seq = self.engine.add(prompt_ids, params)
+            self._queues[seq.seq_id] = (asyncio.get_running_loop(), q)
+        self._wake.set()
+        try:
+            while True:
+                out = await q.get()
+                yield out
+                if out.finished:
+                    return
+        finally:
+            with self._lock:
+                self.engine.abort(seq)
+                self._queues.pop(seq.seq_id, None)
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+        self._thread.join(timeout=5)

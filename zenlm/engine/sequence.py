@@ -26,18 +26,25 @@ class Sequence:
     params: SamplingParams  # resolved
     eos_ids: set[int]
     stream: object  # the tokenizer's incremental detokenizer (push(id) -> str, flush() -> str)
+    seq_id: int = 0
+    generator: object = None  # torch.Generator for a seeded request
     output_ids: list[int] = field(default_factory=list)
+    all_ids: list[int] = field(default_factory=list)  # prompt + output, kept in step (filled in post_init)
     text: str = ""  # all decoded output text so far (stop string not included once found)
     sent: int = 0  # characters of `text` already handed out
     finish_reason: str | None = None
+    # KV bookkeeping, owned by the scheduler and block manager
+    status: object = None
+    block_table: list[int] = field(default_factory=list)
+    num_cached_tokens: int = 0
+    num_computed_tokens: int = 0
+
+    def __post_init__(self):
+        self.all_ids = list(self.prompt_ids)
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
-
-    @property
-    def all_ids(self) -> list[int]:
-        return self.prompt_ids + self.output_ids
 
     def append(self, token: int) -> str:
         """Record a sampled token; return the text that may be streamed now."""
@@ -45,6 +52,7 @@ class Sequence:
         if (token in self.eos_ids and not p.ignore_eos) or token in p.stop_token_ids:
             return self.finish("stop")
         self.output_ids.append(token)
+        self.all_ids.append(token)
         self.text += self.stream.push(token)
         if p.stop:
             # only the new tail can complete a stop string
