@@ -9,7 +9,8 @@ ALLOWED = {
     "zenlm.config": set(),
     "zenlm.tokenizer": set(),
     "zenlm.model": {"zenlm.config"},
-    "zenlm.weights": {"zenlm.config", "zenlm.model", "zenlm.tokenizer"},
+    "zenlm.weights": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.quant"},  # quantize on load
+    "zenlm.quant": {"zenlm.config", "zenlm.model"},
     "zenlm.engine": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights"},  # weights: llm.py only
 }
 

@@ -12,7 +12,8 @@ import sys
 
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="'default', a .gguf file or an HF directory")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8", "int4"],
+                   help="float32 is the exact reference; int8/int4 quantize the weights (bfloat16 activations)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 
 

@@ -227,7 +227,7 @@ class Transformer(nn.Module):
                 m.weight.fill_(1.0)
 
     def tie_weights(self) -> None:
-        if self.config.tie_word_embeddings:
+        if self.config.tie_word_embeddings and isinstance(self.lm_head, nn.Linear):  # not once quantized
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache=None,

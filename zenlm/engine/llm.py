@@ -19,7 +19,9 @@ from zenlm.engine.engine import Engine, EngineConfig
 from zenlm.engine.sampling import SamplingParams
 from zenlm.engine.sequence import Completion
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# --dtype: the activation dtype, and for int8/int4 the weight-only quantization of every linear
+PRECISIONS = {"float32": (torch.float32, None), "bfloat16": (torch.bfloat16, None),
+              "float16": (torch.float16, None), "int8": (torch.bfloat16, "int8"), "int4": (torch.bfloat16, "int4")}
 
 
 class LLM:
@@ -27,12 +29,13 @@ class LLM:
                  engine: EngineConfig | None = None):
         from zenlm.weights.load import load
 
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-        loaded = load(model, dtype=DTYPES[dtype], device=device, progress=progress)
+        if dtype not in PRECISIONS:
+            raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(PRECISIONS)}")
+        self.dtype, quant = PRECISIONS[dtype]
+        loaded = load(model, dtype=self.dtype, device=device, progress=progress, quant=quant)
         self.config, self.model, self.tokenizer = loaded.config, loaded.model, loaded.tokenizer
         self.generation_config, self.path = loaded.generation_config, loaded.path
-        self.device, self.dtype = torch.device(device), DTYPES[dtype]
+        self.device = torch.device(device)
         self.engine = Engine(self.model, self.tokenizer, self.generation_config, self.dtype, device, engine)
 
     # ---- prompts -> ids --------------------------------------------------------------------------

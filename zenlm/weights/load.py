@@ -11,12 +11,15 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from zenlm.config import Config
 from zenlm.model import Transformer
+from zenlm.quant.linear import is_quantized, quantize_linear
 from zenlm.tokenizer import Tokenizer
 from zenlm.weights.gguf import GGUFCheckpoint
 from zenlm.weights.registry import resolve
@@ -37,8 +40,12 @@ class Loaded:
 
 
 def load(name: str | Path | None = "default", dtype: torch.dtype = torch.float32,
-         device: str | torch.device = "cpu", progress: bool = True) -> Loaded:
-    """Load a model by name ("default", a .gguf file or an HF directory)."""
+         device: str | torch.device = "cpu", progress: bool = True, quant: str | None = None) -> Loaded:
+    """Load a model by name ("default", a .gguf file or an HF directory).
+
+    quant ("int4" | "int8") quantizes every linear as its weights arrive, so the float weights of
+    the whole model never sit in memory at once; the rest of the model then runs in `dtype`.
+    """
     src = resolve(name)
     if src.kind == "preset":
         raise ValueError(f"{src.name} is a preset (a shape without weights); give a .gguf file or an HF directory")
@@ -56,16 +63,19 @@ def load(name: str | Path | None = "default", dtype: torch.dtype = torch.float32
         gen = json.loads(gen_file.read_text()) if gen_file.exists() else {}
     bar = tqdm(tensors, total=count, desc=f"loading {src.path.name}", unit="tensor", disable=not progress,
                leave=False)
-    model = build(config, bar, src.path, dtype, device)
+    model = build(config, bar, src.path, dtype, device, quant)
     return Loaded(config, model, tokenizer, gen, src.path)
 
 
 def build(config: Config, tensors: Iterator[tuple[str, torch.Tensor]], path: Path,
-          dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Transformer:
+          dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+          quant: str | None = None) -> Transformer:
     """Build a Transformer on meta and assign the given HF-named tensors into it (strictly)."""
     with torch.device("meta"):
         model = Transformer(config)
     expected = {k: v.shape for k, v in model.state_dict().items()}
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)} if quant else {}
+    parts: dict[str, dict[str, torch.Tensor]] = {}  # a quantized linear's tensors, until all have come
     sd: dict[str, torch.Tensor] = {}
     for name, t in tensors:
         if name not in expected:
@@ -75,13 +85,27 @@ def build(config: Config, tensors: Iterator[tuple[str, torch.Tensor]], path: Pat
                 raise ValueError(f"{path}: tensor {name} has shape {tuple(t.shape)}, "
                                  f"expected {tuple(expected[name])}")
             t = t.reshape(expected[name])
+        owner, _, leaf = name.rpartition(".")
+        if owner in linears:
+            got = parts.setdefault(owner, {})
+            got[leaf] = t
+            if len(got) == (1 if linears[owner].bias is None else 2):
+                model.set_submodule(owner, quantize_linear(SimpleNamespace(**({"bias": None} | got)), quant).to(device))
+                del parts[owner], linears[owner]
+            continue
         sd[name] = t.to(device=device, dtype=dtype)
-    if config.tie_word_embeddings and "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:
-        sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
-    missing = sorted(set(expected) - set(sd))
+    if config.tie_word_embeddings and "model.embed_tokens.weight" in sd:
+        if "lm_head" in linears:  # quantize the head from the embedding it is tied to
+            model.set_submodule("lm_head", quantize_linear(
+                SimpleNamespace(weight=sd["model.embed_tokens.weight"], bias=None), quant).to(device))
+            del linears["lm_head"]
+        elif "lm_head.weight" not in sd and not quant:
+            sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+    quantized = {n for n, m in model.named_modules() if is_quantized(m)}
+    missing = sorted(k for k in set(expected) - set(sd) if k.rpartition(".")[0] not in quantized)
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise ValueError(f"{path}: missing tensors {', '.join(missing[:3])}{more}")
-    model.load_state_dict(sd, assign=True, strict=True)
+    model.load_state_dict(sd, assign=True, strict=not quant)
     model.tie_weights()
     return model.eval().requires_grad_(False)

@@ -1,0 +1,1 @@
+"""Quantization: weight-only quantized linears for inference (int4, int8)."""
