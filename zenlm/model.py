@@ -117,12 +117,17 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(c.hidden_size, self.kv * self.d, bias=c.qkv_bias)
         self.v_proj = nn.Linear(c.hidden_size, self.kv * self.d, bias=c.qkv_bias)
         self.o_proj = nn.Linear(self.h * self.d, c.hidden_size, bias=False)
+        self.qkv_proj: nn.Module | None = None  # q, k, v in one matmul, once fused (quant/linear.py)
 
     def forward(self, x, cos, sin, positions, cache: KVCache | None) -> torch.Tensor:
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.h, self.d).transpose(1, 2)  # [B, H, T, D]
-        k = self.k_proj(x).view(B, T, self.kv, self.d).transpose(1, 2)  # [B, KV, T, D]
-        v = self.v_proj(x).view(B, T, self.kv, self.d).transpose(1, 2)
+        if self.qkv_proj is None:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        else:
+            q, k, v = self.qkv_proj(x).split([self.h * self.d, self.kv * self.d, self.kv * self.d], dim=-1)
+        q = q.view(B, T, self.h, self.d).transpose(1, 2)  # [B, H, T, D]
+        k = k.view(B, T, self.kv, self.d).transpose(1, 2)  # [B, KV, T, D]
+        v = v.view(B, T, self.kv, self.d).transpose(1, 2)
         cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, D]
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
@@ -147,9 +152,14 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(hidden, inter, bias=False)
         self.up_proj = nn.Linear(hidden, inter, bias=False)
         self.down_proj = nn.Linear(inter, hidden, bias=False)
+        self.gate_up_proj: nn.Module | None = None  # gate and up in one matmul, once fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is None:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        else:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class MoE(nn.Module):

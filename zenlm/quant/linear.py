@@ -70,8 +70,9 @@ def quantize_linear(linear, mode: str) -> nn.Module:
     """A quantized copy of anything with .weight [N, K] and .bias (an nn.Linear, or loose tensors)."""
     if mode not in MODES:
         raise ValueError(f"unknown quantization {mode!r}; choose one of {', '.join(MODES)}")
-    if mode == "int4" and linear.weight.shape[1] % GROUP:
-        return Int8Linear(linear)  # the int4 kernel needs whole groups along the input
+    N, K = linear.weight.shape
+    if mode == "int4" and (K % GROUP or N % 16):
+        return Int8Linear(linear)  # the int4 kernel needs whole groups along K and N in tiles of 16
     return MODES[mode](linear)
 
 

@@ -67,15 +67,27 @@ def load(name: str | Path | None = "default", dtype: torch.dtype = torch.float32
     return Loaded(config, model, tokenizer, gen, src.path)
 
 
+# Linears quantized together as one matmul when loading with quant: member -> fused attribute.
+FUSED = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
+         "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
+MEMBERS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+UNQUANTIZED = {"gate", "shared_expert_gate"}  # MoE routers stay in float
+
+
 def build(config: Config, tensors: Iterator[tuple[str, torch.Tensor]], path: Path,
           dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
           quant: str | None = None) -> Transformer:
-    """Build a Transformer on meta and assign the given HF-named tensors into it (strictly)."""
+    """Build a Transformer on meta and assign the given HF-named tensors into it (strictly).
+
+    With quant, each linear (or fused group: q/k/v, gate/up) is quantized as soon as its tensors
+    have all arrived, so the float weights of the whole model never sit in memory at once.
+    """
     with torch.device("meta"):
         model = Transformer(config)
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)} if quant else {}
-    parts: dict[str, dict[str, torch.Tensor]] = {}  # a quantized linear's tensors, until all have come
+    linears = {n: m for n, m in model.named_modules()
+               if quant and isinstance(m, nn.Linear) and n.rpartition(".")[2] not in UNQUANTIZED}
+    groups: dict[str, dict[str, torch.Tensor]] = {}  # quantization unit -> {member.leaf: tensor}
     sd: dict[str, torch.Tensor] = {}
     for name, t in tensors:
         if name not in expected:
@@ -86,26 +98,44 @@ def build(config: Config, tensors: Iterator[tuple[str, torch.Tensor]], path: Pat
                                  f"expected {tuple(expected[name])}")
             t = t.reshape(expected[name])
         owner, _, leaf = name.rpartition(".")
-        if owner in linears:
-            got = parts.setdefault(owner, {})
-            got[leaf] = t
-            if len(got) == (1 if linears[owner].bias is None else 2):
-                model.set_submodule(owner, quantize_linear(SimpleNamespace(**({"bias": None} | got)), quant).to(device))
-                del parts[owner], linears[owner]
+        if owner not in linears:
+            sd[name] = t.to(device=device, dtype=dtype)
             continue
-        sd[name] = t.to(device=device, dtype=dtype)
+        parent, _, child = owner.rpartition(".")
+        unit = f"{parent}.{FUSED[child]}" if child in FUSED else owner
+        got = groups.setdefault(unit, {})
+        got[f"{child}.{leaf}"] = t
+        members = MEMBERS[FUSED[child]] if child in FUSED else (child,)
+        owners = [f"{parent}.{m}" for m in members] if child in FUSED else [owner]
+        if len(got) == sum(1 if linears[o].bias is None else 2 for o in owners):
+            _install(model, unit, members, got, quant, device)
+            del groups[unit]
     if config.tie_word_embeddings and "model.embed_tokens.weight" in sd:
         if "lm_head" in linears:  # quantize the head from the embedding it is tied to
-            model.set_submodule("lm_head", quantize_linear(
-                SimpleNamespace(weight=sd["model.embed_tokens.weight"], bias=None), quant).to(device))
-            del linears["lm_head"]
-        elif "lm_head.weight" not in sd and not quant:
+            _install(model, "lm_head", ("lm_head",), {"lm_head.weight": sd["model.embed_tokens.weight"]},
+                     quant, device)
+        elif "lm_head.weight" not in sd:
             sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
-    quantized = {n for n, m in model.named_modules() if is_quantized(m)}
-    missing = sorted(k for k in set(expected) - set(sd) if k.rpartition(".")[0] not in quantized)
+    done = {n for n, m in model.named_modules() if is_quantized(m)}
+    fused_away = {f"{u.rpartition('.')[0]}.{m}" for u in done if u.rpartition(".")[2] in MEMBERS
+                  for m in MEMBERS[u.rpartition(".")[2]]}
+    missing = sorted(k for k in set(expected) - set(sd) if k.rpartition(".")[0] not in done | fused_away)
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise ValueError(f"{path}: missing tensors {', '.join(missing[:3])}{more}")
     model.load_state_dict(sd, assign=True, strict=not quant)
     model.tie_weights()
     return model.eval().requires_grad_(False)
+
+
+def _install(model: Transformer, unit: str, members: tuple[str, ...], got: dict, quant: str, device) -> None:
+    """Quantize one linear (or the concatenation of a fused group's members) into the model."""
+    parent = unit.rpartition(".")[0]
+    weight = torch.cat([got[f"{m}.weight"] for m in members]) if len(members) > 1 else got[f"{members[0]}.weight"]
+    biases = [got.get(f"{m}.bias") for m in members]
+    bias = None if biases[0] is None else torch.cat(biases)
+    owner = model.get_submodule(parent)
+    setattr(owner, unit.rpartition(".")[2], quantize_linear(SimpleNamespace(weight=weight, bias=bias), quant).to(device))
+    if len(members) > 1:
+        for m in members:
+            delattr(owner, m)
