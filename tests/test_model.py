@@ -94,3 +94,11 @@ def test_cache_overflow_is_a_clear_error():
     cache = KVCache(ours.config, batch=1, max_len=4, dtype=torch.float32, device="cpu")
     with pytest.raises(ValueError, match="past the cache length 4"):
         ours(torch.zeros(1, 5, dtype=torch.long), torch.arange(5)[None], cache)
+
+
+def test_dynamic_ntk_forward_matches_transformers():
+    """Past its context (8 here), dynamic NTK stretches the base; transformers' full forward is the oracle."""
+    hf, ours = hf_pair("dense", max_position_embeddings=8, rope_scaling={"rope_type": "dynamic", "factor": 2.0})
+    tokens = torch.randint(0, 300, (1, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(tokens, torch.arange(12)[None]), hf(tokens).logits, rtol=1e-4, atol=1e-4)

@@ -1,4 +1,4 @@
-"""`zen <command>`: generate, chat, info. One small function per command; heavy imports inside it.
+"""`zen <command>`: generate, chat, bench, info. One small function per command; heavy imports inside it.
 
 Completions go to stdout, progress and errors to stderr. An error is one line and a non-zero exit.
 """
@@ -105,6 +105,18 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from zenlm.bench import run
+
+    r = run(args.model, args.dtype, args.device, args.prompt_tokens, args.gen_tokens, args.concurrency)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    for key, value in r.items():
+        print(f"{key:18s} {value}")
+    return 0
+
+
 def _config_of(name: str):
     from zenlm.config import Config, preset
     from zenlm.weights.registry import resolve
@@ -141,6 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--temperature", type=float, default=None)
     c.add_argument("--seed", type=int, default=None)
     c.set_defaults(func=cmd_chat)
+
+    b = sub.add_parser("bench", help="measure load, prefill, decode, time to first token, throughput, memory")
+    b.add_argument("--model", default="default")
+    b.add_argument("--dtype", default="int4", choices=["float32", "bfloat16", "int8", "int4"])
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--prompt-tokens", type=int, default=512)
+    b.add_argument("--gen-tokens", type=int, default=128)
+    b.add_argument("--concurrency", type=int, default=8)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
 
     i = sub.add_parser("info", help="config and parameter counts of a model or preset")
     i.add_argument("model", nargs="?", help="a preset name, a .gguf file or an HF directory")

@@ -30,34 +30,56 @@ class RMSNorm(nn.Module):
 
 
 # ---- rotary embedding ----------------------------------------------------------------------------
-def rope_frequencies(c: Config) -> tuple[torch.Tensor, float]:
-    """Inverse frequencies [D/2] and the attention scaling factor, with the config's rope scaling."""
+def rope_frequencies(c: Config, seq_len: int | None = None) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies [D/2] and the attention scaling, with the config's rope scaling.
+
+    seq_len matters only for dynamic NTK, which stretches the base once a sequence outgrows the
+    context the model was trained on (transformers' formula, recomputed as the sequence grows).
+    """
     d, base = c.head_dim, c.rope_theta
-    inv = 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
     s = c.rope_scaling or {}
     kind, factor = s.get("type"), float(s.get("factor", 1.0))
-    if kind is None:
+    if kind == "dynamic":
+        L = c.context_length
+        n = max(seq_len or L, L)
+        base = base * ((factor * n / L) - (factor - 1)) ** (d / (d - 2))
+    exponents = torch.arange(0, d, 2, dtype=torch.int64).float() / d
+    inv = 1.0 / (base ** exponents)
+    if kind in (None, "default", "dynamic"):
         return inv, 1.0
     if kind == "linear":
         return inv / factor, 1.0
     if kind == "yarn":
-        orig = s.get("original_max_position_embeddings") or c.context_length
-        attn = s.get("attention_factor") or 0.1 * math.log(factor) + 1.0
-        beta_fast, beta_slow = s.get("beta_fast") or 32, s.get("beta_slow") or 1
-
-        def corr_dim(rot: float) -> float:
-            return d * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(base))
-
-        low, high = corr_dim(beta_fast), corr_dim(beta_slow)
-        if s.get("truncate", True):
-            low, high = math.floor(low), math.ceil(high)
-        low, high = max(low, 0), min(high, d - 1)
-        if low == high:
-            high += 0.001
-        ramp = ((torch.arange(d // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
-        extrap = 1 - ramp
-        return inv / factor * (1 - extrap) + inv * extrap, float(attn)
+        return _yarn(s, d, base, factor, exponents, c.context_length)
     raise ValueError(f"unsupported rope scaling type {kind!r}")
+
+
+def _yarn(s: dict, d: int, base: float, factor: float, exponents: torch.Tensor, ctx: int):
+    """YaRN: keep high frequencies, divide low ones by the factor, blend linearly in between."""
+    orig = s.get("original_max_position_embeddings") or ctx
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attn = s.get("attention_factor")
+    if attn is None:
+        m, m_all = s.get("mscale"), s.get("mscale_all_dim")
+        attn = mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
+    beta_fast, beta_slow = s.get("beta_fast") or 32, s.get("beta_slow") or 1
+
+    def corr_dim(rot: float) -> float:
+        return d * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = corr_dim(beta_fast), corr_dim(beta_slow)
+    if s.get("truncate", True):
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, d - 1)
+    if low == high:
+        high += 0.001
+    ramp = ((torch.arange(d // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
+    keep = 1 - ramp  # 1: the original frequency, 0: divided by the factor
+    pos = base ** exponents
+    return 1.0 / (factor * pos) * (1 - keep) + 1.0 / pos * keep, float(attn)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -72,12 +94,16 @@ class Rotary(nn.Module):
         super().__init__()
         self.config = c
         self._inv: torch.Tensor | None = None
-        self._scale = 1.0
+        self._scale, self._len = 1.0, 0
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._inv is None or self._inv.device != positions.device:
-            inv, self._scale = rope_frequencies(self.config)
-            self._inv = inv.to(positions.device)
+        c = self.config
+        dynamic = (c.rope_scaling or {}).get("type") == "dynamic"
+        n = int(positions.max()) + 1 if dynamic else 0
+        if self._inv is None or self._inv.device != positions.device or n > self._len or (
+                dynamic and n < c.context_length < self._len):  # grow past the context; reset below it
+            inv, self._scale = rope_frequencies(c, n or None)
+            self._inv, self._len = inv.to(positions.device), max(n, c.context_length)
         freqs = positions[..., None].float() * self._inv  # [B, T, D/2]
         emb = torch.cat((freqs, freqs), dim=-1)  # [B, T, D]
         return (emb.cos() * self._scale).to(dtype), (emb.sin() * self._scale).to(dtype)

@@ -1,0 +1,76 @@
+"""`zen bench`: load time, prefill and decode speed, time to first token, aggregate decode throughput
+(`concurrency` sequences of `prompt_tokens` each), and peak RSS.
+
+Measures zenlm's own engine in this process, greedy, on prompts of random text tokens that never hit
+the prefix cache. benchmarks/compare.py runs the same measurements on llama.cpp and transformers.
+"""
+
+from __future__ import annotations
+
+import random
+import resource
+import time
+
+from zenlm.engine.engine import EngineConfig
+from zenlm.engine.llm import LLM
+from zenlm.engine.sampling import SamplingParams
+
+
+def random_prompt(rng: random.Random, n: int) -> list[int]:
+    return [rng.randrange(1000, 100000) for _ in range(n)]
+
+
+def run(model: str = "default", dtype: str = "int4", device: str = "cpu", prompt_tokens: int = 512,
+        gen_tokens: int = 128, concurrency: int = 8) -> dict:
+    rng = random.Random(0)
+    t = time.perf_counter()
+    engine = EngineConfig(max_num_batched_tokens=max(512, prompt_tokens), max_num_seqs=max(16, concurrency),
+                          kv_cache_tokens=concurrency * (prompt_tokens + gen_tokens) + 1024)
+    llm = LLM(model, dtype=dtype, device=device, progress=False, engine=engine)
+    load_s = time.perf_counter() - t
+    eng = llm.engine
+    greedy = SamplingParams(max_tokens=gen_tokens, temperature=0, ignore_eos=True, repetition_penalty=1.0)
+    one = SamplingParams(max_tokens=1, temperature=0, repetition_penalty=1.0)
+    llm.generate(random_prompt(rng, 16), SamplingParams(max_tokens=4, temperature=0))  # warm-up
+
+    def first_token_time(n: int) -> float:
+        seq = eng.add(random_prompt(rng, n), one)
+        t = time.perf_counter()
+        while not seq.finished:
+            eng.step()
+        return time.perf_counter() - t
+
+    prefill_s = min(first_token_time(prompt_tokens) for _ in range(2))
+    ttft_s = min(first_token_time(32) for _ in range(3))
+
+    seq = eng.add(random_prompt(rng, 32), greedy)
+    eng.step()  # prefill and first token
+    t = time.perf_counter()
+    while eng.has_work:
+        eng.step()
+    decode_s = time.perf_counter() - t
+
+    seqs = [eng.add(random_prompt(rng, prompt_tokens), greedy) for _ in range(concurrency)]
+    while any(not s.output_ids for s in seqs):  # every prompt prefilled and decoding
+        eng.step()
+    done = sum(len(s.output_ids) for s in seqs)
+    t = time.perf_counter()
+    while eng.has_work:
+        eng.step()
+    aggregate_s = time.perf_counter() - t
+    return {
+        "model": str(llm.path.name), "dtype": dtype, "threads": _threads(),
+        "load_s": round(load_s, 3),
+        "prefill_tok_s": round(prompt_tokens / prefill_s, 2),
+        "decode_tok_s": round((len(seq.output_ids) - 1) / decode_s, 2),
+        "ttft_s": round(ttft_s, 4),
+        "aggregate_tok_s": round((sum(len(s.output_ids) for s in seqs) - done) / aggregate_s, 2),
+        "concurrency": concurrency,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
