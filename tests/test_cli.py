@@ -12,13 +12,16 @@ import pytest
 from zenlm.engine.sampling import SamplingParams
 
 
+FP32 = ("--dtype", "float32")  # the exact path, to compare with the fp32 default_llm fixture
+
+
 def zen(*args, input=None, timeout=300):
     return subprocess.run([sys.executable, "-m", "zenlm", *args], input=input, capture_output=True, text=True,
                           timeout=timeout)
 
 
 def test_generate_prints_only_the_completion(default_llm):
-    r = zen("generate", "Write hello world in Python.", "--max-tokens", "16", "--temperature", "0")
+    r = zen("generate", "Write hello world in Python.", "--max-tokens", "16", "--temperature", "0", *FP32)
     assert r.returncode == 0, r.stderr
     want = default_llm.chat([{"role": "user", "content": "Write hello world in Python."}],
                             SamplingParams(max_tokens=16, temperature=0)).text
@@ -26,10 +29,11 @@ def test_generate_prints_only_the_completion(default_llm):
 
 
 def test_generate_raw_and_system(default_llm):
-    r = zen("generate", "def fibonacci(n):", "--raw", "--max-tokens", "8", "--temperature", "0")
+    r = zen("generate", "def fibonacci(n):", "--raw", "--max-tokens", "8", "--temperature", "0", *FP32)
     assert r.returncode == 0, r.stderr
     assert r.stdout == default_llm.generate("def fibonacci(n):", SamplingParams(max_tokens=8, temperature=0))[0].text + "\n"
-    r = zen("generate", "Name a color.", "--system", "Answer in French.", "--max-tokens", "8", "--temperature", "0")
+    r = zen("generate", "Name a color.", "--system", "Answer in French.", "--max-tokens", "8", "--temperature", "0",
+            *FP32)
     want = default_llm.chat([{"role": "system", "content": "Answer in French."},
                              {"role": "user", "content": "Name a color."}], SamplingParams(max_tokens=8, temperature=0))
     assert r.returncode == 0 and r.stdout == want.text + "\n"
@@ -93,3 +97,12 @@ def test_chat_ctrl_c_stops_the_answer_not_the_chat():
     out, err = p.communicate(b"/exit\n", timeout=120)
     assert p.returncode == 0, err
     assert b"[stopped]" in seen + out
+
+
+def test_bench_json():
+    r = zen("bench", "--prompt-tokens", "64", "--gen-tokens", "8", "--concurrency", "2", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    for key in ("prefill_tok_s", "decode_tok_s", "ttft_s", "aggregate_tok_s", "peak_rss_mb", "load_s"):
+        assert d[key] > 0, key
+    assert d["dtype"] == "int4" and d["concurrency"] == 2

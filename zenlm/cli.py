@@ -12,8 +12,9 @@ import sys
 
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="'default', a .gguf file or an HF directory")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "int8", "int4"],
-                   help="float32 is the exact reference; int8/int4 quantize the weights (bfloat16 activations)")
+    p.add_argument("--dtype", default="int4", choices=["float32", "bfloat16", "int8", "int4"],
+                   help="int4 (default, fastest) and int8 quantize the weights, with bfloat16 activations; "
+                        "float32 is the exact reference")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 
 

@@ -22,7 +22,8 @@ class PagedKVCache:
     def __init__(self, c: Config, num_blocks: int, block_size: int, dtype: torch.dtype, device):
         self.scratch = num_blocks * block_size
         shape = (self.scratch + 1, c.num_kv_heads, c.head_dim)
-        # empty, not zeros: only written slots are ever read (padding reads the zeroed scratch slot)
+        # empty, not zeros: only written slots are read, and padding reads the scratch slot, which
+        # starts at zero and afterwards only ever holds (finite) padding keys: masked, weight 0
         self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(c.num_layers)]
         self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(c.num_layers)]
         for t in self.k + self.v:
@@ -39,8 +40,6 @@ class PagedKVCache:
         w = self.write_slots.reshape(-1)
         self.k[layer][w] = k.transpose(1, 2).reshape(B * T, KV, D)
         self.v[layer][w] = v.transpose(1, 2).reshape(B * T, KV, D)
-        self.k[layer][self.scratch].zero_()  # padding may have written there
-        self.v[layer][self.scratch].zero_()
         keys = self.k[layer][self.read_slots].permute(0, 2, 1, 3)  # [B, S, KV, D] -> [B, KV, S, D]
         values = self.v[layer][self.read_slots].permute(0, 2, 1, 3)
         return keys, values, self.key_pos
