@@ -24,9 +24,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
+        if x.dtype != torch.float32:  # the fused kernel (reduced-precision paths); fp32 keeps HF's exact steps
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x
 
 
 # ---- rotary embedding ----------------------------------------------------------------------------
@@ -161,12 +162,12 @@ class Attention(nn.Module):
             key_pos = positions  # [B, S=T]
         else:
             k, v, key_pos = cache.update(self.layer, positions, k, v)  # [B, KV, S, D], [B, S]
-        mask = key_pos[:, None, :] <= positions[:, :, None]  # [B, T, S]
-        if self.window:
-            mask &= key_pos[:, None, :] > positions[:, :, None] - self.window
-        if T == 1 and bool(mask.all()):  # plain decode step: no mask, the same kernel as an unmasked call
+        if B == 1 and T == 1 and not self.window:  # one decode step: every cached key is visible
             mask = None
         else:
+            mask = key_pos[:, None, :] <= positions[:, :, None]  # [B, T, S]
+            if self.window:
+                mask &= key_pos[:, None, :] > positions[:, :, None] - self.window
             mask = mask[:, None]  # [B, 1, T, S]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv != self.h)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.h * self.d))
