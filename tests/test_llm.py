@@ -40,7 +40,8 @@ def test_generate_many_prompts_and_token_ids(default_llm):
 
 def test_generation_config_defaults_apply(default_llm):
     assert default_llm.generation_config["repetition_penalty"] == 1.05
-    seq = default_llm._sequence([1, 2, 3], SamplingParams(max_tokens=4))
+    seq = default_llm.engine.add([1, 2, 3], SamplingParams(max_tokens=4))
+    default_llm.engine.abort(seq)
     assert (seq.params.temperature, seq.params.top_p, seq.params.top_k) == (0.7, 0.8, 20)
 
 
