@@ -147,3 +147,15 @@ def test_async_llm_streams_concurrent_requests(model, tokenizer):
     llm.close()
     assert [o.token_ids for o in outs] == alone
     assert llm.engine.blocks.num_free_blocks == llm.engine.blocks.num_blocks
+
+
+def test_async_llm_ends_every_request_when_a_step_fails(model, tokenizer):
+    from zenlm.engine.llm import AsyncLLM
+
+    llm = AsyncLLM.__new__(AsyncLLM)
+    llm.tokenizer, llm.engine = tokenizer, engine(model, tokenizer)
+    AsyncLLM._start(llm)
+    llm.engine.runner.run = lambda batch: (_ for _ in ()).throw(RuntimeError("boom"))
+    out = asyncio.run(llm.complete_ids([1, 2, 3], GREEDY))
+    llm.close()
+    assert out.finish_reason == "error: boom" and not llm.engine.has_work

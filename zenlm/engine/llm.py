@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import torch
 
-from zenlm.engine.engine import Engine, EngineConfig
+from zenlm.engine.engine import Engine, EngineConfig, StepOutput
 from zenlm.engine.sampling import SamplingParams
 from zenlm.engine.sequence import Completion
 
@@ -108,11 +108,22 @@ class AsyncLLM(LLM):
                 if not self.engine.has_work:
                     self._wake.clear()
                     continue
-                outs = self.engine.step()
+                try:
+                    outs = self.engine.step()
+                except Exception as e:  # never leave callers waiting: end every live request with the error
+                    outs = self._fail_all(e)
             for out in outs:
                 loop, q = self._queues.get(out.seq.seq_id, (None, None))
                 if q is not None:
                     loop.call_soon_threadsafe(q.put_nowait, out)
+
+    def _fail_all(self, error: Exception) -> list[StepOutput]:
+        outs = []
+        for seq in list(self.engine.scheduler.seqs.values()):
+            self.engine.abort(seq)
+            seq.finish_reason = f"error: {error}"
+            outs.append(StepOutput(seq, "", True))
+        return outs
 
     async def stream_ids(self, prompt_ids: list[int], params: SamplingParams | None = None) -> AsyncIterator[str]:
         """Yield text pieces for one request; cancelling the consumer aborts it and frees its blocks."""
