@@ -33,3 +33,11 @@ def hf_tokenizer(gguf_path):
     """transformers' tokenizer for the same GGUF: the reference for token ids and chat templates."""
     transformers = pytest.importorskip("transformers")
     return transformers.AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+
+
+@pytest.fixture(scope="session")
+def hf_tokenizer_dir(hf_tokenizer, tmp_path_factory) -> Path:
+    """The reference tokenizer saved as an HF directory (tokenizer.json, config, chat template)."""
+    path = tmp_path_factory.mktemp("hf_tokenizer")
+    hf_tokenizer.save_pretrained(path)
+    return path

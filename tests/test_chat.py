@@ -73,10 +73,8 @@ def ref(hf_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def tok(ref, tmp_path_factory):
-    path = tmp_path_factory.mktemp("hf_tokenizer")
-    ref.save_pretrained(path)
-    return Tokenizer.from_hf_dir(path)
+def tok(hf_tokenizer_dir):
+    return Tokenizer.from_hf_dir(hf_tokenizer_dir)
 
 
 def reference(ref, messages, tools, add_generation_prompt):

@@ -1,39 +1,12 @@
 """BlockManager: allocation and freeing, reference counts, hash-chained prefix hits, LRU eviction, appends."""
 
-from dataclasses import dataclass, field
-
 import pytest
+
+from fake_sequence import Seq
 
 from zenlm.engine.kv_cache import BlockManager
 
 BS = 4
-
-
-@dataclass
-class Params:
-    max_tokens: int = 8
-
-
-@dataclass
-class Seq:
-    """A stand-in for engine/sequence.py's Sequence with the attributes the block manager reads."""
-
-    seq_id: int
-    prompt_ids: list[int]
-    params: Params = field(default_factory=Params)
-    output_ids: list[int] = field(default_factory=list)
-    block_table: list[int] = field(default_factory=list)
-    num_cached_tokens: int = 0
-    num_computed_tokens: int = 0
-    status: object = None
-
-    @property
-    def all_ids(self) -> list[int]:
-        return self.prompt_ids + self.output_ids
-
-    @property
-    def finished(self) -> bool:
-        return len(self.output_ids) >= self.params.max_tokens
 
 
 def computed(bm: BlockManager, seq: Seq) -> Seq:

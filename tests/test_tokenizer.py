@@ -58,15 +58,8 @@ def ref(hf_tokenizer):
 
 
 @pytest.fixture(scope="module")
-def hf_dir(ref, tmp_path_factory):
-    path = tmp_path_factory.mktemp("hf_tokenizer")
-    ref.save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tok_hf(hf_dir):
-    return Tokenizer.from_hf_dir(hf_dir)
+def tok_hf(hf_tokenizer_dir):
+    return Tokenizer.from_hf_dir(hf_tokenizer_dir)
 
 
 # ---- real model -------------------------------------------------------------------------------
@@ -166,14 +159,14 @@ def test_hf_dir_agrees_with_gguf(tok, tok_hf):
         assert tok_hf.encode(s) == tok.encode(s), s
 
 
-def test_from_file_reads_configs(hf_dir):
-    tc = json.loads((hf_dir / "tokenizer_config.json").read_text())
+def test_from_file_reads_configs(hf_tokenizer_dir):
+    tc = json.loads((hf_tokenizer_dir / "tokenizer_config.json").read_text())
     tc["chat_template"] = [{"name": "default", "template": "D"}, {"name": "tool_use", "template": "T"}]
-    t = Tokenizer.from_file(hf_dir / "tokenizer.json", tc, {"eos_token_id": [151643, 151645], "pad_token_id": 0})
+    t = Tokenizer.from_file(hf_tokenizer_dir / "tokenizer.json", tc, {"eos_token_id": [151643, 151645], "pad_token_id": 0})
     assert t.chat_template == "D"
     assert t.eos_token_ids == [151645, 151643]  # tokenizer_config eos first, deduplicated
     assert t.pad_token_id == 151643  # tokenizer_config's pad_token wins over generation_config
-    bare = Tokenizer.from_file(hf_dir / "tokenizer.json")
+    bare = Tokenizer.from_file(hf_tokenizer_dir / "tokenizer.json")
     assert bare.chat_template is None and bare.eos_token_ids == [151645, 151643]
 
 
