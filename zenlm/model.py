@@ -146,7 +146,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.h * self.d, c.hidden_size, bias=False)
         self.qkv_proj: nn.Module | None = None  # q, k, v in one matmul, once fused (quant/linear.py)
 
-    def forward(self, x, cos, sin, positions, cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x, cos, sin, positions, cache: KVCache | None, docs: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         if self.qkv_proj is None:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
@@ -166,6 +166,8 @@ class Attention(nn.Module):
             mask = None
         else:
             mask = key_pos[:, None, :] <= positions[:, :, None]  # [B, T, S]
+            if docs is not None:  # packed training rows [B, T]: a token sees only its own document
+                mask &= docs[:, None, :] == docs[:, :, None]
             if self.window:
                 mask &= key_pos[:, None, :] > positions[:, :, None] - self.window
             mask = mask[:, None]  # [B, 1, T, S]
@@ -227,8 +229,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.mlp = MoE(c) if c.is_sparse_layer(layer) else MLP(c.hidden_size, c.intermediate_size)
 
-    def forward(self, x, cos, sin, positions, cache):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, cache)
+    def forward(self, x, cos, sin, positions, cache, docs: torch.Tensor | None = None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, docs)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
