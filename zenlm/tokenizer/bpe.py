@@ -193,6 +193,10 @@ class Tokenizer:
     def id_to_token(self, token_id: int) -> str | None:
         return self._tk.id_to_token(token_id)
 
+    def to_json(self) -> str:
+        """The whole tokenizer as tokenizer.json text (what grammar engines such as llguidance load)."""
+        return self._tk.to_str()
+
     def stream(self, skip_special_tokens: bool = False) -> StreamDecoder:
         """An incremental detokenizer: push ids one at a time, get text as it completes."""
         return StreamDecoder(self, skip_special_tokens)
