@@ -1,0 +1,191 @@
+"""The training loop and its losses on tiny models built in code (fp32 unless a test says otherwise).
+
+Chunked linear+CE equals F.cross_entropy (values and grads); one batch overfits; k micro-batches equal
+one k-times batch (with unequal token counts); a packed row equals its documents run separately; a
+killed run resumes to the same losses; warmup+cosine; metrics.jsonl and the loss PNG are written.
+"""
+
+import json
+import math
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.tiny_train import CHATS, byte_tokenizer, tiny_model
+from zenlm.train.data import IGNORE, Batch, Loader, collate, pack_documents, pack_examples, sft_example
+from zenlm.train.losses import CrossEntropy, linear_cross_entropy, linear_token_logps
+from zenlm.train.trainer import Trainer, TrainConfig, hidden_states, lr_factor
+
+
+def fp32(tmp_path, **over) -> TrainConfig:
+    base = dict(output=str(tmp_path), max_steps=4, batch_size=2, lr=1e-3, warmup_steps=1, bf16=False,
+                progress=False)
+    return TrainConfig(**(base | over))
+
+
+def random_docs(n: int, seed: int = 0, vocab: int = 256) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab, (int(torch.randint(5, 60, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(n)]
+
+
+@pytest.mark.parametrize("chunk", [7, 1024])
+def test_linear_cross_entropy_matches_reference(chunk):
+    torch.manual_seed(0)
+    h = torch.randn(2, 25, 32, requires_grad=True)
+    w = torch.randn(300, 32, requires_grad=True)
+    y = torch.randint(0, 300, (2, 25))
+    y[0, ::3] = IGNORE
+    got = linear_cross_entropy(h, w, y, chunk)
+    (got * 0.5).backward()
+    h2, w2 = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    ref = F.cross_entropy((h2 @ w2.t()).view(-1, 300), y.view(-1), ignore_index=IGNORE, reduction="sum")
+    (ref * 0.5).backward()
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(h.grad, h2.grad)
+    torch.testing.assert_close(w.grad, w2.grad)
+    lp = linear_token_logps(h2.detach(), w2.detach(), y, chunk)
+    full = torch.log_softmax(h2.detach() @ w2.detach().t(), -1).gather(-1, y.clamp_min(0)[..., None])[..., 0]
+    torch.testing.assert_close(lp, torch.where(y == IGNORE, 0.0, full))
+
+
+def test_bf16_autocast_cross_entropy_is_close():
+    torch.manual_seed(0)
+    h, w, y = torch.randn(64, 32), torch.randn(500, 32) * 0.1, torch.randint(0, 500, (64,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = linear_cross_entropy(h, w, y)
+    ref = F.cross_entropy(h @ w.t(), y, reduction="sum")
+    assert abs(float(got) - float(ref)) / float(ref) < 1e-2
+
+
+def test_overfit_one_batch(tmp_path):
+    model = tiny_model()
+    rows = pack_documents(random_docs(3, vocab=250), 48, 256)[:2]
+    tr = Trainer(model, CrossEntropy(), Loader(rows, 2, shuffle=False), collate,
+                 fp32(tmp_path, max_steps=80, lr=1e-2, warmup_steps=5, min_lr_ratio=1.0, weight_decay=0.0))
+    hist = tr.fit()
+    assert hist[0]["loss"] > 5.0
+    assert hist[-1]["loss"] < 0.05, hist[-1]
+
+
+def sft_rows(seq_len=40):
+    tok = byte_tokenizer()
+    return pack_examples([sft_example(tok, c) for c in CHATS * 3], seq_len, tok.pad_token_id)
+
+
+def test_grad_accumulation_equals_one_big_batch(tmp_path):
+    rows = sft_rows()
+    counts = [sum(lab != IGNORE for lab in r.labels) for r in rows[:4]]
+    assert len(set(counts)) > 1, "micro-batches must differ in valid tokens to catch a mean of means"
+    runs = []
+    for B, A in [(4, 1), (1, 4), (2, 2)]:
+        model = tiny_model()
+        tr = Trainer(model, CrossEntropy(), Loader(rows, 4, seed=3), collate,
+                     fp32(tmp_path / f"{B}x{A}", batch_size=B, grad_accum=A, max_steps=3))
+        runs.append(([r["loss"] for r in tr.fit()], model.state_dict()))
+    for losses, sd in runs[1:]:
+        assert losses == pytest.approx(runs[0][0], rel=1e-5)
+        for k, v in sd.items():
+            torch.testing.assert_close(v, runs[0][1][k], atol=2e-6, rtol=1e-5)
+
+
+def test_packed_row_equals_documents_run_alone():
+    model = tiny_model().eval()
+    docs = random_docs(4, seed=1)
+    row = pack_documents(docs, sum(len(d) + 1 for d in docs), 256)[0]
+    packed = linear_cross_entropy(hidden_states(model, collate([row])), model.lm_head.weight,
+                                  torch.tensor([row.labels]))
+    alone = 0.0
+    for d in docs:
+        r = pack_documents([d], len(d) + 1, 256)[0]
+        b = collate([r], packed=False)
+        alone += linear_cross_entropy(hidden_states(model, b), model.lm_head.weight, b.labels)
+    torch.testing.assert_close(packed, alone)
+    assert row.positions.count(0) == len(docs)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = TrainConfig(max_steps=110, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == pytest.approx(0.1)
+    assert lr_factor(9, cfg) == pytest.approx(1.0)
+    assert lr_factor(60, cfg) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(110, cfg) == pytest.approx(0.1)
+    assert all(lr_factor(s, cfg) >= lr_factor(s + 1, cfg) for s in range(10, 110))
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_killed_run_resumes_to_the_same_losses(tmp_path, lora):
+    from zenlm.train.lora import LoRAConfig, apply_lora
+
+    rows = pack_documents(random_docs(40), 32, 256)
+
+    def make(out, steps, seed):
+        model = tiny_model(seed)
+        if lora:  # dropout makes the RNG state matter
+            apply_lora(model, LoRAConfig(rank=4, alpha=8, dropout=0.2))
+        return Trainer(model, CrossEntropy(), Loader(rows, 2, seed=5), collate,
+                       fp32(out, max_steps=steps, warmup_steps=2, save_every=3))
+
+    full = [r["loss"] for r in make(tmp_path / "a", 7, 0).fit()]
+    doomed = make(tmp_path / "b", 7, 0)
+    save = doomed.save
+
+    def save_then_die():
+        save()
+        raise KeyboardInterrupt  # killed right after the step-3 checkpoint
+
+    doomed.save = save_then_die
+    with pytest.raises(KeyboardInterrupt):
+        doomed.fit()
+    assert doomed.step == 3
+    torch.manual_seed(123)  # a fresh process: other RNG state, other random init
+    resumed = make(tmp_path / "b", 7, 0 if lora else 1)  # LoRA checkpoints hold adapters, not the base
+    assert resumed.step == 3
+    again = [r["loss"] for r in resumed.fit()]
+    assert again[:3] == full[:3]  # history restored from the checkpoint
+    assert again[3:] == full[3:]
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == list(range(1, 8))
+
+
+def test_metrics_eval_and_loss_png(tmp_path):
+    rows = pack_documents(random_docs(30), 32, 256)
+    tr = Trainer(tiny_model(), CrossEntropy(), Loader(rows[:-4], 2), collate,
+                 fp32(tmp_path, max_steps=4, eval_every=2, bf16=True, checkpointing=True), held_out=rows[-4:])
+    tr.fit()
+    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == [1, 2, 3, 4]
+    for r in recs:
+        assert {"step", "loss", "lr", "tokens_per_s"} <= set(r) and r["tokens_per_s"] > 0
+        assert math.isfinite(r["loss"])
+    assert ["eval_loss" in r for r in recs] == [False, True, False, True]
+    png = (tmp_path / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR"
+    w, h = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    n = int.from_bytes(png[33:37], "big")
+    raw = zlib.decompress(png[41:41 + n])
+    assert len(raw) == h * (1 + 3 * w)
+    assert raw.count(bytes((31, 119, 180))) > 50  # the loss line is drawn
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    rows = pack_documents(random_docs(6), 32, 256)[:2]
+    grads = []
+    for ckpt in (False, True):
+        model = tiny_model()
+        b = collate(rows)
+        linear_cross_entropy(hidden_states(model, b, ckpt), model.lm_head.weight, b.labels).backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_batch_counts_and_bad_settings():
+    b = Batch(torch.zeros(1, 3, dtype=torch.long), torch.tensor([[1, IGNORE, 2]]), torch.zeros(1, 3), None)
+    assert CrossEntropy().count(b) == 2
+    with pytest.raises(ValueError, match="batch_size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="no training data"):
+        Loader([], 1)

@@ -1,0 +1,195 @@
+"""LoRA and QLoRA by swapping linears in place: y = base(x) + (dropout(x) @ A.T @ B.T) * alpha / r.
+
+`apply_lora` wraps the chosen projections (q, k, v, o, gate, up, down) and freezes everything else;
+with `quantize="nf4"` (or "int4") the frozen base weight is stored in 4 bits (QLoRA) and dequantized
+per matmul. `merge_lora` folds adapters back into plain nn.Linear; adapters save and load alone
+(PEFT's tensor names and adapter_config.json). `adapters_disabled` gives the base model (DPO reference).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The 16 NF4 levels: quantiles of N(0, 1) scaled to [-1, 1] (Dettmers et al., QLoRA, appendix E).
+NF4 = torch.tensor([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+                    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+                    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+                    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0])
+
+
+@dataclass(slots=True)
+class LoRAConfig:
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = TARGETS
+    quantize: str | None = None  # None | "nf4" | "int4": QLoRA's frozen 4-bit base
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ValueError(f"LoRA rank must be >= 1, got {self.rank}")
+        bad = set(self.targets) - set(TARGETS)
+        if bad:
+            raise ValueError(f"unknown LoRA targets {sorted(bad)}; choose from {', '.join(TARGETS)}")
+        if self.quantize not in (None, "nf4", "int4"):
+            raise ValueError(f"QLoRA quantization must be nf4 or int4, got {self.quantize!r}")
+
+
+class Linear4bit(nn.Module):
+    """A frozen linear stored in 4 bits, blockwise along the input: NF4 (absmax scale) or int4 (scale, min)."""
+
+    def __init__(self, linear: nn.Linear, kind: str = "nf4", block: int = 64):
+        super().__init__()
+        w = linear.weight.detach().float()
+        N, K = w.shape
+        if K % block:
+            raise ValueError(f"4-bit base needs in_features divisible by {block}, got {K}")
+        wb = w.view(N, K // block, block)  # [N, K/G, G]
+        if kind == "nf4":
+            scale = wb.abs().amax(-1, keepdim=True).clamp_min(1e-12)  # [N, K/G, 1]
+            codes = (wb / scale).unsqueeze(-1).sub(NF4).abs().argmin(-1)  # [N, K/G, G]
+            low = torch.zeros_like(scale)
+        else:
+            low = wb.amin(-1, keepdim=True)
+            scale = ((wb.amax(-1, keepdim=True) - low) / 15).clamp_min(1e-12)
+            codes = ((wb - low) / scale).round().clamp(0, 15)
+        codes = codes.to(torch.uint8).view(N, K)
+        self.register_buffer("packed", codes[:, 0::2] | (codes[:, 1::2] << 4))  # [N, K/2]
+        self.register_buffer("scale", scale.to(torch.bfloat16))
+        self.register_buffer("low", low.to(torch.bfloat16))
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        self.kind, self.block, self.in_features, self.out_features = kind, block, K, N
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        N, K, G = self.out_features, self.in_features, self.block
+        codes = torch.stack((self.packed & 15, self.packed >> 4), dim=-1).view(N, K // G, G)
+        vals = NF4.to(self.packed.device)[codes.long()] if self.kind == "nf4" else codes.float()
+        return (vals * self.scale.float() + self.low.float()).view(N, K).to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        return F.linear(x.to(dt), self.dequantize(dt), None if self.bias is None else self.bias.to(dt))
+
+
+class LoRALinear(nn.Module):
+    """base(x) + scale * B(A(dropout(x))); A kaiming-uniform, B zero, so it starts as the base."""
+
+    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        self.base = base
+        self.in_features, self.out_features = base.in_features, base.out_features
+        dev = base.packed.device if isinstance(base, Linear4bit) else base.weight.device
+        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, device=dev))  # [r, K]
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, device=dev))  # [N, r]
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+        self.scale, self.rank = alpha / rank, rank
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.enabled = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if not self.enabled:
+            return y
+        return y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale
+
+    def merged(self) -> nn.Linear:
+        """A plain nn.Linear computing base + adapter (the base dequantized if it was 4-bit)."""
+        w = self.base.dequantize() if isinstance(self.base, Linear4bit) else self.base.weight.detach().float()
+        out = nn.Linear(self.in_features, self.out_features, bias=self.base.bias is not None, device=w.device)
+        dtype = torch.float32 if isinstance(self.base, Linear4bit) else self.base.weight.dtype
+        with torch.no_grad():
+            out.weight.copy_(w + (self.lora_B.float() @ self.lora_A.float()) * self.scale)
+            if self.base.bias is not None:
+                out.bias.copy_(self.base.bias)
+        return out.to(dtype)
+
+
+def _lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
+    """Freeze the model and swap each target linear for a LoRALinear, in place; returns the model."""
+    model.requires_grad_(False)
+    swaps = [(n, m) for n, m in model.named_modules()
+             if isinstance(m, nn.Linear) and n.rpartition(".")[2] in cfg.targets]
+    if not swaps:
+        raise ValueError(f"no linear named {', '.join(cfg.targets)} in the model")
+    for name, lin in swaps:
+        parent, _, leaf = name.rpartition(".")
+        base = Linear4bit(lin, cfg.quantize) if cfg.quantize else lin
+        setattr(model.get_submodule(parent), leaf, LoRALinear(base, cfg.rank, cfg.alpha, cfg.dropout))
+    return model
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Replace every LoRALinear by its merged nn.Linear, in place; returns the model."""
+    for name, m in _lora_modules(model).items():
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, m.merged().requires_grad_(False))
+    return model
+
+
+@contextmanager
+def adapters_disabled(model: nn.Module):
+    """Within the block the model computes its base weights only."""
+    mods = list(_lora_modules(model).values())
+    for m in mods:
+        m.enabled = False
+    try:
+        yield model
+    finally:
+        for m in mods:
+            m.enabled = True
+
+
+def has_lora(model: nn.Module) -> bool:
+    return bool(_lora_modules(model))
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Adapter tensors only, under PEFT's names (base_model.model.<module>.lora_A.weight)."""
+    out = {}
+    for name, m in _lora_modules(model).items():
+        out[f"base_model.model.{name}.lora_A.weight"] = m.lora_A.detach().contiguous()
+        out[f"base_model.model.{name}.lora_B.weight"] = m.lora_B.detach().contiguous()
+    return out
+
+
+def save_adapter(model: nn.Module, directory: str | Path, cfg: LoRAConfig) -> None:
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(adapter_state_dict(model), str(path / "adapter_model.safetensors"))
+    meta = {"peft_type": "LORA", "r": cfg.rank, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
+            "target_modules": list(cfg.targets), "bias": "none", "task_type": "CAUSAL_LM",
+            "zen_quantize": cfg.quantize}
+    (path / "adapter_config.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_adapter(model: nn.Module, directory: str | Path) -> LoRAConfig:
+    """Apply LoRA as saved in `directory` to a base model and load the adapter weights into it."""
+    path = Path(directory)
+    meta = json.loads((path / "adapter_config.json").read_text())
+    cfg = LoRAConfig(rank=meta["r"], alpha=meta["lora_alpha"], dropout=meta.get("lora_dropout", 0.0),
+                     targets=tuple(meta["target_modules"]), quantize=meta.get("zen_quantize"))
+    if not has_lora(model):
+        apply_lora(model, cfg)
+    tensors = load_file(str(path / "adapter_model.safetensors"))
+    mods = _lora_modules(model)
+    if len(tensors) != 2 * len(mods):
+        raise ValueError(f"{path}: adapter has {len(tensors)} tensors, the model {2 * len(mods)} LoRA tensors")
+    with torch.no_grad():
+        for name, m in mods.items():
+            m.lora_A.copy_(tensors[f"base_model.model.{name}.lora_A.weight"])
+            m.lora_B.copy_(tensors[f"base_model.model.{name}.lora_B.weight"])
+    return cfg

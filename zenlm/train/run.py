@@ -1,0 +1,180 @@
+"""`zen train pretrain|sft|dpo`: settings (flags over a YAML file) -> model, data, loss -> Trainer -> HF directory.
+
+A preset name trains from scratch (random init, the default model's tokenizer); a .gguf file or HF
+directory fine-tunes (GGUF weights dequantized to fp32). Under torchrun every rank runs this same
+function; rank 0 writes the export. This file only assembles the pieces, it has no loop of its own.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from zenlm.train import data as data_mod
+from zenlm.train import distributed as D
+from zenlm.train.export import plain_state_dict, save_model_dir
+from zenlm.train.lora import LoRAConfig, adapters_disabled, apply_lora, save_adapter
+from zenlm.train.losses import DPO, CrossEntropy
+from zenlm.train.trainer import Trainer, TrainConfig, hidden_states
+
+TASKS = ("pretrain", "sft", "dpo")
+
+
+@dataclass(slots=True)
+class RunConfig:
+    task: str = "sft"
+    model: str = "default"
+    data: list[str] = field(default_factory=list)
+    output: str = "out"
+    eval_data: list[str] = field(default_factory=list)  # held-out files; else val_fraction of the data
+    val_fraction: float = 0.02
+    seq_len: int = 512
+    tokenizer: str | None = None  # a model whose tokenizer to use with a preset; default: "default"
+    device: str | None = None
+    lora: bool = False
+    qlora: bool = False
+    qlora_type: str = "nf4"  # nf4 | int4
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                             "gate_proj", "up_proj", "down_proj"])
+    beta: float = 0.1  # DPO
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
+
+
+def make_config(settings: dict) -> RunConfig:
+    """Flat settings (YAML keys or flags: run keys and TrainConfig keys side by side) -> RunConfig."""
+    run_keys = {f.name for f in dataclasses.fields(RunConfig)} - {"train"}
+    train_keys = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(settings) - run_keys - train_keys
+    if unknown:
+        raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
+    for key in ("data", "eval_data", "lora_targets"):
+        if isinstance(settings.get(key), str):
+            settings[key] = [settings[key]]
+    run = {k: v for k, v in settings.items() if k in run_keys}
+    train = {k: v for k, v in settings.items() if k in train_keys}
+    train.setdefault("output", run.get("output", "out"))
+    return RunConfig(**run, train=TrainConfig(**train))
+
+
+def load_yaml(path: str | Path) -> dict:
+    import yaml
+
+    d = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: a training config must be a mapping of settings")
+    return {k.replace("-", "_"): v for k, v in d.items()}
+
+
+def load_model(name: str, tokenizer_name: str | None, seed: int):
+    """(config, model in fp32 with grads on, tokenizer, generation_config) for a preset or a checkpoint."""
+    from zenlm.weights.registry import resolve
+
+    src = resolve(name)
+    if src.kind == "preset":
+        from zenlm.config import preset
+        from zenlm.model import Transformer
+
+        config = preset(src.name)
+        torch.manual_seed(seed)
+        model = Transformer(config)
+        tok_src = resolve(tokenizer_name or "default")
+        if tok_src.kind == "gguf":
+            from zenlm.tokenizer import Tokenizer
+            from zenlm.weights.gguf_reader import read_gguf
+
+            tokenizer = Tokenizer.from_gguf(read_gguf(tok_src.path)[0])
+        elif tok_src.kind == "hf":
+            from zenlm.tokenizer import Tokenizer
+
+            tokenizer = Tokenizer.from_hf_dir(tok_src.path)
+        else:
+            raise ValueError("--tokenizer must be a .gguf file, an HF directory or 'default'")
+        if tokenizer.vocab_size > config.vocab_size:
+            raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens, the preset {config.vocab_size}")
+        return config, model, tokenizer, {}
+    from zenlm.weights.load import load
+
+    loaded = load(name, dtype=torch.float32, progress=False)
+    return loaded.config, loaded.model.train().requires_grad_(True), loaded.tokenizer, loaded.generation_config
+
+
+def build_data(rc: RunConfig, tokenizer) -> tuple[list, list, callable]:
+    """(train items, held-out items, collate) for the task."""
+    def items_of(paths):
+        if rc.task == "pretrain":
+            return data_mod.pretrain_rows(paths, tokenizer, rc.seq_len)
+        if rc.task == "sft":
+            return data_mod.sft_rows(paths, tokenizer, rc.seq_len)
+        return data_mod.dpo_rows(paths, tokenizer, rc.seq_len)
+
+    if not rc.data:
+        raise ValueError("give training data (--data FILE...)")
+    items = items_of(rc.data)
+    if rc.eval_data:
+        held = items_of(rc.eval_data)
+    else:
+        order = list(range(len(items)))
+        random.Random(rc.train.seed).shuffle(order)
+        k = int(len(items) * rc.val_fraction) if len(items) > 1 else 0
+        held = [items[i] for i in order[:k]]
+        items = [items[i] for i in sorted(order[k:])]
+    collate = data_mod.collate_pairs if rc.task == "dpo" else data_mod.collate
+    return items, held, collate
+
+
+def run(rc: RunConfig) -> Trainer:
+    d = D.setup(rc.device)
+    config, model, tokenizer, gen = load_model(rc.model, rc.tokenizer, rc.train.seed)
+    model.to(d.device)
+    lora_cfg = None
+    if rc.lora or rc.qlora:
+        lora_cfg = LoRAConfig(rc.lora_rank, rc.lora_alpha, rc.lora_dropout, tuple(rc.lora_targets),
+                              rc.qlora_type if rc.qlora else None)
+        apply_lora(model, lora_cfg)
+    items, held, collate = build_data(rc, tokenizer)
+    if rc.task == "dpo":
+        if lora_cfg is not None:
+            def reference(b):
+                with adapters_disabled(model):
+                    return hidden_states(model, b), model.lm_head.weight
+        else:
+            frozen = copy.deepcopy(model).eval().requires_grad_(False)
+
+            def reference(b):
+                return hidden_states(frozen, b), frozen.lm_head.weight
+        loss = DPO(reference, rc.beta)
+    else:
+        loss = CrossEntropy()
+    per_step = rc.train.batch_size * rc.train.grad_accum * d.world
+    loader = data_mod.Loader(items, per_step, seed=rc.train.seed)
+    trainer = Trainer(model, loss, loader, collate, rc.train, held_out=held, dist=d)
+    trainer.fit()
+    export(trainer, rc, config, tokenizer, gen, lora_cfg)
+    return trainer
+
+
+def export(trainer: Trainer, rc: RunConfig, config, tokenizer, gen: dict, lora_cfg: LoRAConfig | None) -> None:
+    sd = trainer.state_dict_for_export()
+    if not trainer.d.main:
+        return
+    scale = None if lora_cfg is None else lora_cfg.alpha / lora_cfg.rank
+    model = trainer.model
+
+    def dequantize(prefix: str, _sd) -> torch.Tensor:
+        return model.get_submodule(prefix).base.dequantize()
+
+    save_model_dir(rc.output, config, plain_state_dict(sd, scale, dequantize), tokenizer, gen)
+    if lora_cfg is not None and not trainer.d.active:
+        save_adapter(model, Path(rc.output) / "adapter", lora_cfg)
