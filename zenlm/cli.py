@@ -84,6 +84,15 @@ def cmd_chat(args) -> int:
         history.append({"role": "assistant", "content": "".join(answer)})
 
 
+def cmd_serve(args) -> int:
+    import os
+
+    from zenlm.server.serve import serve
+
+    return serve(args.model, args.host, args.port, args.api_key or os.environ.get("ZEN_API_KEY"), args.dtype,
+                 args.device, args.served_model_name, args.max_num_seqs, args.log_level)
+
+
 def cmd_info(args) -> int:
     from zenlm.config import PRESETS, human, param_counts
 
@@ -208,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--temperature", type=float, default=None)
     c.add_argument("--seed", type=int, default=None)
     c.set_defaults(func=cmd_chat)
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (and Ollama's API, and a web chat)")
+    _add_model(s)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000, help="0 picks a free port (the URL printed says which)")
+    s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $ZEN_API_KEY)")
+    s.add_argument("--served-model-name", default=None, help="the model id clients use (default: --model)")
+    s.add_argument("--max-num-seqs", type=int, default=16, help="sequences decoded together")
+    s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=cmd_serve)
 
     b = sub.add_parser("bench", help="measure load, prefill, decode, time to first token, throughput, memory")
     b.add_argument("--model", default="default")
