@@ -13,7 +13,7 @@ import torch
 
 from zenlm.engine.kv_cache import BlockManager
 from zenlm.engine.runner import Runner
-from zenlm.engine.sampling import SamplingParams, make_generator, sample
+from zenlm.engine.sampling import SamplingParams, logprobs, make_generator, sample, top_logprobs
 from zenlm.engine.scheduler import Scheduler
 from zenlm.engine.sequence import Sequence
 from zenlm.model import Transformer
@@ -75,6 +75,12 @@ class Engine:
         batch = self.scheduler.schedule()
         logits = self.runner.run(batch)  # [n, V] for batch.sampled
         rows = [e.seq for e in batch.sampled]
+        ks = [s.params.logprobs for s in rows]
+        lp = logprobs(logits) if any(k is not None for k in ks) else None  # [n, V] of the raw model
         tokens = sample(logits, [s.params for s in rows], [s.all_ids for s in rows],
-                        [len(s.prompt_ids) for s in rows], [s.generator for s in rows]).tolist()
+                        [len(s.prompt_ids) for s in rows], [s.generator for s in rows])
+        if lp is not None:
+            for s, entry in zip(rows, top_logprobs(lp, tokens, ks)):
+                s.next_logprob = entry
+        tokens = tokens.tolist()
         return [StepOutput(seq, text, seq.finished) for seq, text in self.scheduler.postprocess(batch, tokens)]

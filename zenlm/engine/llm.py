@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 import torch
 
 from zenlm.engine.engine import Engine, EngineConfig, StepOutput
-from zenlm.engine.sampling import SamplingParams
+from zenlm.engine.sampling import SamplingParams, logprobs, top_logprobs
 from zenlm.engine.sequence import Completion
 
 # --dtype: the activation dtype, and for int8/int4 the weight-only quantization of every linear
@@ -85,6 +85,20 @@ class LLM:
                     tools: list[dict] | None = None) -> Iterator[str]:
         yield from self.stream(self.chat_ids(messages, tools), params)
 
+    @torch.inference_mode()
+    def prompt_logprobs(self, ids: list[int], k: int = 0) -> list[tuple[float, list[tuple[int, float]]] | None]:
+        """Each prompt token's logprob given the tokens before it (None for the first), with the k most
+        likely alternatives: one forward pass without the KV cache (echo + logprobs, log-likelihood evals)."""
+        if not 0 < len(ids) <= self.config.context_length:
+            raise ValueError(f"the prompt is {len(ids)} tokens; it must be 1 to {self.config.context_length}")
+        x = torch.tensor([ids], device=self.device)  # [1, T]
+        logits = self.model(x, torch.arange(len(ids), device=self.device)[None], None)[0, :-1]  # [T-1, V]
+        out: list = [None]
+        for a in range(0, len(ids) - 1, 256):  # float32 log_softmax a slice at a time
+            lp = logprobs(logits[a:a + 256])
+            out += top_logprobs(lp, torch.tensor(ids[a + 1:a + 257]), [k] * lp.shape[0])
+        return out
+
 
 class AsyncLLM(LLM):
     """One background thread steps the engine; any number of coroutines submit and stream concurrently."""
@@ -131,6 +145,14 @@ class AsyncLLM(LLM):
             if out.text:
                 yield out.text
 
+    def steps(self, prompt_ids: list[int], params: SamplingParams | None = None) -> AsyncIterator[StepOutput]:
+        """Every engine step's output for one request (its Sequence, new text, finished); closing aborts it."""
+        return self._outputs(prompt_ids, params)
+
+    def prompt_logprobs(self, ids: list[int], k: int = 0) -> list[tuple[float, list[tuple[int, float]]] | None]:
+        with self._lock:  # the model is not re-entrant: wait for the engine loop's step to end
+            return super().prompt_logprobs(ids, k)
+
     async def complete_ids(self, prompt_ids: list[int], params: SamplingParams | None = None) -> Completion:
         out = None
         async for out in self._outputs(prompt_ids, params):
@@ -153,6 +175,11 @@ class AsyncLLM(LLM):
             with self._lock:
                 self.engine.abort(seq)
                 self._queues.pop(seq.seq_id, None)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the engine loop is running (for health checks)."""
+        return self._thread.is_alive() and not self._closed
 
     def close(self) -> None:
         self._closed = True

@@ -2,18 +2,24 @@
 
 Order as in transformers' generate(): repetition penalty (prompt + output), then OpenAI
 presence/frequency penalties (output only), then temperature, top_k, top_p, min_p, softmax, draw.
-Temperature 0 is greedy. Knows nothing of stop strings, EOS or detokenization: sequence.py does.
+Temperature 0 is greedy. Before all of them: logit_bias, then each request's logits processors
+(e.g. a grammar mask). Knows nothing of stop strings, EOS or detokenization: sequence.py does.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 # What a None field means when neither the request nor the model's generation_config sets it.
 NEUTRAL = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
+MAX_LOGPROBS = 20  # top alternatives a request may ask for per token (OpenAI's limit)
+
+# (output ids so far, logits [V] of the next token) -> logits [V]; may keep state keyed on len(output_ids)
+LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
 
 
 @dataclass(slots=True)
@@ -32,10 +38,15 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    logprobs: int | None = None  # None: off; k: the chosen token's logprob and the k most likely
+    logits_processors: list[LogitsProcessor] = field(default_factory=list)
 
     def __post_init__(self):
         self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         self.stop_token_ids = list(self.stop_token_ids or [])
+        self.logit_bias = {int(t): float(b) for t, b in (self.logit_bias or {}).items()}
+        self.logits_processors = list(self.logits_processors or [])
 
     def resolved(self, defaults: dict) -> SamplingParams:
         """A copy with None fields filled from a generation_config dict, then from NEUTRAL."""
@@ -59,6 +70,8 @@ class SamplingParams:
             ("repetition_penalty", self.repetition_penalty is None or self.repetition_penalty > 0, "> 0"),
             ("presence_penalty", -2 <= self.presence_penalty <= 2, "in [-2, 2]"),
             ("frequency_penalty", -2 <= self.frequency_penalty <= 2, "in [-2, 2]"),
+            ("logprobs", self.logprobs is None or 0 <= self.logprobs <= MAX_LOGPROBS, f"in [0, {MAX_LOGPROBS}]"),
+            ("logit_bias", all(-100 <= b <= 100 for b in self.logit_bias.values()), "values in [-100, 100]"),
         ]
         for name, ok, need in checks:
             if not ok:
@@ -78,6 +91,40 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
 def logprobs(logits: torch.Tensor) -> torch.Tensor:
     """log_softmax over the vocabulary, in float32."""
     return torch.log_softmax(logits.float(), dim=-1)
+
+
+def top_logprobs(lp: torch.Tensor, tokens: torch.Tensor, ks: list[int | None]) -> list[tuple | None]:
+    """Per row: None where ks[i] is None, else (chosen logprob, [(id, logprob)] of the ks[i] most likely)."""
+    chosen = lp.gather(1, tokens[:, None].to(lp.device))[:, 0].tolist()  # [B]
+    k_max = max((k for k in ks if k), default=0)
+    top = lp.topk(k_max, dim=-1) if k_max else None
+    out = []
+    for i, k in enumerate(ks):
+        if k is None:
+            out.append(None)
+            continue
+        alts = list(zip(top.indices[i, :k].tolist(), top.values[i, :k].tolist())) if k else []
+        out.append((chosen[i], alts))
+    return out
+
+
+def apply_processors(logits: torch.Tensor, params: list[SamplingParams], histories: list[list[int]],
+                     prompt_lens: list[int]) -> torch.Tensor:
+    """logit_bias, then each row's logits processors (given that row's output ids). [B, V]"""
+    rows = [i for i, p in enumerate(params) if p.logit_bias or p.logits_processors]
+    if not rows:
+        return logits
+    logits = logits.clone()
+    V = logits.shape[1]
+    for i in rows:
+        p = params[i]
+        if p.logit_bias:
+            ids = torch.tensor([t for t in p.logit_bias if 0 <= t < V], dtype=torch.long, device=logits.device)
+            bias = torch.tensor([b for t, b in p.logit_bias.items() if 0 <= t < V], device=logits.device)
+            logits[i, ids] += bias.to(logits.dtype)
+        for proc in p.logits_processors:
+            logits[i] = proc(histories[i][prompt_lens[i]:], logits[i])
+    return logits
 
 
 def _counts(seqs: list[list[int]], V: int, device) -> torch.Tensor:
@@ -146,7 +193,8 @@ def sample(
     B = logits.shape[0]
     assert len(params) == len(histories) == len(prompt_lens) == len(generators) == B, "batch size mismatch"
     assert all(p.temperature is not None for p in params), "sample() needs resolved SamplingParams"
-    logits = apply_penalties(logits.float(), params, histories, prompt_lens)  # [B, V]
+    logits = apply_processors(logits.float(), params, histories, prompt_lens)  # [B, V]
+    logits = apply_penalties(logits, params, histories, prompt_lens)
     tokens = logits.argmax(dim=-1)  # [B]; the answer for greedy rows
     rows = [i for i, p in enumerate(params) if p.temperature > 0]
     if not rows:

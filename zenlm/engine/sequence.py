@@ -2,7 +2,8 @@
 
 Pure Python bookkeeping (no model, no tensors): it takes each sampled token, decides whether the
 request is finished (end-of-turn token, stop token, stop string, max_tokens) and which text may be
-streamed now, holding back any tail that could still become a stop string.
+streamed now, holding back any tail that could still become a stop string. With params.logprobs set it
+keeps one (logprob, top alternatives) entry per output token, which the engine hands in before append.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ class Completion:
     token_ids: list[int]
     finish_reason: str  # "stop" | "length"
     prompt_tokens: int
+    cached_tokens: int = 0  # prompt tokens found in the prefix cache
+    logprobs: list[tuple[int, float, list[tuple[int, float]]]] | None = None  # (id, logprob, top) per token
 
 
 @dataclass(slots=True)
@@ -33,6 +36,9 @@ class Sequence:
     text: str = ""  # all decoded output text so far (stop string not included once found)
     sent: int = 0  # characters of `text` already handed out
     finish_reason: str | None = None
+    logprobs: list[tuple[int, float, list[tuple[int, float]]]] = field(default_factory=list)
+    next_logprob: tuple[float, list[tuple[int, float]]] | None = None  # for the token append() gets next
+    cached_tokens: int | None = None  # num_cached_tokens at the first sampled token (before any preemption)
     # KV bookkeeping, owned by the scheduler and block manager
     status: object = None
     block_table: list[int] = field(default_factory=list)
@@ -49,10 +55,15 @@ class Sequence:
     def append(self, token: int) -> str:
         """Record a sampled token; return the text that may be streamed now."""
         p = self.params
+        if self.cached_tokens is None:
+            self.cached_tokens = self.num_cached_tokens
+        entry, self.next_logprob = self.next_logprob, None
         if (token in self.eos_ids and not p.ignore_eos) or token in p.stop_token_ids:
             return self.finish("stop")
         self.output_ids.append(token)
         self.all_ids.append(token)
+        if entry is not None:
+            self.logprobs.append((token, *entry))
         self.text += self.stream.push(token)
         if p.stop:
             # only the new tail can complete a stop string
@@ -85,4 +96,5 @@ class Sequence:
         return out
 
     def result(self) -> Completion:
-        return Completion(self.text, list(self.output_ids), self.finish_reason or "length", len(self.prompt_ids))
+        return Completion(self.text, list(self.output_ids), self.finish_reason or "length", len(self.prompt_ids),
+                          self.cached_tokens or 0, list(self.logprobs) if self.params.logprobs is not None else None)

@@ -1,0 +1,55 @@
+"""`zen serve`: load the model once, start the AsyncLLM loop and uvicorn, print the URL, stop cleanly.
+
+Ctrl-C (SIGINT) or SIGTERM makes uvicorn stop accepting, give requests in flight a few seconds,
+then cancel what is left (which aborts their sequences) before the engine loop is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+GRACE_S = 5  # seconds in-flight requests get to finish on shutdown
+
+
+def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
+          dtype: str = "int4", device: str = "cpu", served_name: str | None = None, max_num_seqs: int = 16,
+          log_level: str = "warning") -> int:
+    import uvicorn
+
+    from zenlm.engine.engine import EngineConfig
+    from zenlm.engine.llm import AsyncLLM
+    from zenlm.server.app import create_app
+    from zenlm.server.generate import ServerState
+
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port must be in 0..65535, got {port}")
+    engine = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max(512, max_num_seqs))
+    llm = AsyncLLM(model, dtype=dtype, device=device, progress=sys.stderr.isatty(), engine=engine)
+    state = ServerState(llm, served_name or model, api_key or None)
+    config = uvicorn.Config(create_app(state), host=host, port=port, log_level=log_level, lifespan="off",
+                            timeout_graceful_shutdown=GRACE_S, access_log=log_level in ("info", "debug"))
+    server = uvicorn.Server(config)
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.05)
+        if server.started:
+            bound = server.servers[0].sockets[0].getsockname()[1]
+            shown = f"[{host}]" if ":" in host else host
+            key = " (API key required)" if state.api_key else ""
+            print(f"zen serve: {state.model_name} on http://{shown}:{bound}/v1{key}; web chat at "
+                  f"http://{shown}:{bound}/ ; Ctrl-C stops", file=sys.stderr, flush=True)
+        await task
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        llm.close()
+    if not server.started:
+        raise OSError(f"could not listen on {host}:{port}")
+    print("zen serve: stopped", file=sys.stderr, flush=True)
+    return 0
