@@ -216,4 +216,7 @@ class ToolStream:
             if len(call.arguments) > n:
                 out.append({"tool_calls": [{"index": i, "function": {"arguments": call.arguments[n:]}}]})
                 self.calls[i] = (cid, len(call.arguments))
+        if final and not self.calls and len(self.text) > self.sent:  # no call after all: the rest is content
+            out.append({"content": self.text[self.sent:]})
+            self.sent = len(self.text)
         return out
