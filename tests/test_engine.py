@@ -3,6 +3,7 @@ prefix caching and preemption never change a greedy output; abort frees every bl
 
 import asyncio
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,12 +20,20 @@ TINY = Config(name="t", vocab_size=300, hidden_size=64, num_layers=2, num_heads=
 GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
 
 
-@pytest.fixture(scope="module")
-def model():
+@pytest.fixture(scope="module", params=["float32", "int8"])
+def model(request):
+    """The tiny model in float32 (torch attention everywhere), and quantized the way the loader does it
+    (fused q/k/v and gate/up, int8 weights), where decode steps run zenlm's C attention kernel."""
     torch.manual_seed(0)
     m = Transformer(TINY).eval()
     m.init_weights(std=0.3)
-    return m
+    if request.param == "float32":
+        return m
+    from zenlm.weights.load import build
+
+    q = build(TINY, iter(m.state_dict().items()), Path("tiny"), quant="int8")
+    assert q.model.layers[0].self_attn.qkv_proj is not None
+    return q
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +73,23 @@ def prompts(k=6, seed=0):
 
 def test_paged_decoding_equals_full_recompute(model, tokenizer):
     ps = prompts(3)
-    assert run(engine(model, tokenizer), ps) == [reference(model, p, 12) for p in ps]
+    eng = engine(model, tokenizer)
+    assert eng.runner.cache.native  # decode steps of a fused model go through the C kernel
+    assert run(eng, ps) == [reference(model, p, 12) for p in ps]
+
+
+def test_native_decode_attention_equals_torch_attention(model, tokenizer):
+    ps = prompts(4, seed=5)
+    native, plain = engine(model, tokenizer), engine(model, tokenizer)
+    plain.runner.cache.native = False
+    got = [], []
+    for eng, logits in zip((native, plain), got):
+        run_step = eng.runner.run
+        eng.runner.run = lambda batch, run_step=run_step, logits=logits: logits.append(run_step(batch)) or logits[-1]
+        run(eng, ps)
+    assert len(got[0]) == len(got[1]) > 10
+    for a, b in zip(*got):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_batched_equals_alone_with_chunked_prefill(model, tokenizer):

@@ -22,9 +22,10 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.fused = False  # the loader sets it where exactness is not the point (quantized models)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype != torch.float32:  # the fused kernel (reduced-precision paths); fp32 keeps HF's exact steps
+        if self.fused or x.dtype != torch.float32:  # one fused kernel; the fp32 reference keeps HF's exact steps
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x
@@ -114,8 +115,13 @@ class Rotary(nn.Module):
 # A cache is anything with update(layer, positions, k, v) -> (keys, values, key_positions): it stores
 # this step's k, v [B, KV, T, D] and returns what the queries attend to, [B, KV, S, D] each, with the
 # position of every key [B, S]. Keys at a position above a query's are masked (padding: a huge position).
+# decode(layer, qkv [B, W], cos, sin [B, D], window) may instead run one decode step's rope, cache write
+# and attention itself and return [B, H * D], or return None.
 class KVCache:
     """Contiguous per-layer K/V buffers [B, KV, S, D]; the token at position p lives in slot p."""
+
+    def decode(self, layer, qkv, cos, sin, window) -> torch.Tensor | None:
+        return None  # no fused decode attention here: Attention takes its general path
 
     def __init__(self, c: Config, batch: int, max_len: int, dtype: torch.dtype, device: torch.device | str):
         shape = (batch, c.num_kv_heads, max_len, c.head_dim)
@@ -151,7 +157,12 @@ class Attention(nn.Module):
         if self.qkv_proj is None:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         else:
-            q, k, v = self.qkv_proj(x).split([self.h * self.d, self.kv * self.d, self.kv * self.d], dim=-1)
+            qkv = self.qkv_proj(x)  # [B, T, (H + 2 KV) * D]
+            if T == 1 and cache is not None:  # a cache may run a whole decode step's attention itself
+                out = cache.decode(self.layer, qkv.view(B, -1), cos.view(B, -1), sin.view(B, -1), self.window)
+                if out is not None:
+                    return self.o_proj(out.view(B, 1, -1))
+            q, k, v = qkv.split([self.h * self.d, self.kv * self.d, self.kv * self.d], dim=-1)
         q = q.view(B, T, self.h, self.d).transpose(1, 2)  # [B, H, T, D]
         k = k.view(B, T, self.kv, self.d).transpose(1, 2)  # [B, KV, T, D]
         v = v.view(B, T, self.kv, self.d).transpose(1, 2)

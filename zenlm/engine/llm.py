@@ -21,7 +21,7 @@ from zenlm.engine.sequence import Completion
 
 # --dtype: the activation dtype, and for int8/int4 the weight-only quantization of every linear
 PRECISIONS = {"float32": (torch.float32, None), "bfloat16": (torch.bfloat16, None),
-              "float16": (torch.float16, None), "int8": (torch.bfloat16, "int8"), "int4": (torch.bfloat16, "int4")}
+              "float16": (torch.float16, None), "int8": (torch.float32, "int8"), "int4": (torch.float32, "int4")}
 
 
 class LLM:

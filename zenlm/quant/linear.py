@@ -1,79 +1,168 @@
-"""Weight-only quantized linears for fast CPU inference, swapped into a model in place.
+"""Weight-only quantized linears (4 or 8 bits, groups of 32), swapped into a model in place.
 
-Int8Linear: int8 per output channel (torch's `_weight_int8pack_mm`). Int4Linear: int4 in groups of
-32 along the input, asymmetric (torch's `_weight_int4pack_mm_for_cpu`). Both take bfloat16
-activations and keep the bias in bfloat16. `quantize_model` replaces nn.Linear modules; the
-embedding stays as it is (a lookup reads one row per token). Training-time quantization (QLoRA) is not here.
+QLinear keeps the weight as unsigned integers q with an fp16 scale d and offset m per group of 32
+inputs (w = d * q + m; the layout is kernels.c's) and runs zenlm's own CPU kernel (native.py):
+activations are quantized to int8 per group on the fly. Without a C compiler, or off the CPU, it
+dequantizes and calls F.linear: slower, same weights. `quantize_model` swaps every nn.Linear; a
+linear whose input width is not a multiple of 32 stays in float. Training-time quantization
+(QLoRA) is not here.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-GROUP = 32
+from zenlm.quant.native import lib
+
+GROUP, TILE = 32, 16  # inputs per scale, rows per tile (kernels.c)
+MODES = {"int4": 4, "int8": 8}
 
 
-class Int8Linear(nn.Module):
-    def __init__(self, linear: nn.Linear):
+def _tile(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """uint8 q [Np, K] -> kernels.c's byte layout [tiles, K/32 * bytes per block]."""
+    Np, K = q.shape
+    b = q.view(Np // TILE, TILE, K // GROUP, 8, 4).permute(0, 2, 3, 1, 4)  # [t, g, quad, row, j]
+    if bits == 4:
+        b = b[:, :, 0::2] | b[:, :, 1::2] << 4  # quad 2o low nibble, 2o + 1 high
+    return b.reshape(Np // TILE, -1)
+
+
+def _untile(qs: torch.Tensor, bits: int, K: int) -> torch.Tensor:
+    """The inverse of _tile: [tiles, ...] -> uint8 q [Np, K]."""
+    T = qs.shape[0]
+    if bits == 4:
+        b = qs.view(T, K // GROUP, 4, 1, TILE, 4)
+        b = torch.cat([b & 15, b >> 4], dim=3).view(T, K // GROUP, 8, TILE, 4)
+    else:
+        b = qs.view(T, K // GROUP, 8, TILE, 4)
+    return b.permute(0, 3, 1, 2, 4).reshape(T * TILE, K)
+
+
+def _quantize_torch(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """kernels.c's zen_quantize in torch: per group, the min..max range or a shrunken one."""
+    N, K = w.shape
+    g = w.view(N, K // GROUP, GROUP)
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    levels, best = (1 << bits) - 1, None
+    for t in range(12 if bits == 4 else 1):
+        s = 1 - 0.02 * t
+        d = ((hi - lo) * s / levels).half().float()
+        m = (lo * s).half().float()
+        q = ((g - m) * torch.where(d > 0, 1 / d, 0)).round().clamp(0, levels)
+        err = (q * d + m - g).pow(2).sum(-1, keepdim=True)
+        if best is None:
+            best = (err, q, d, m)
+        else:
+            better = err < best[0]
+            best = tuple(torch.where(better, new, old) for new, old in zip((err, q, d, m), best))
+    _, q, d, m = best
+    T = N // TILE
+    return (_tile(q.to(torch.uint8).view(N, K), bits), d.view(T, TILE, -1).transpose(1, 2).half().contiguous(),
+            m.view(T, TILE, -1).transpose(1, 2).half().contiguous())
+
+
+class QLinear(nn.Module):
+    """y = x @ W^T + bias with W quantized; QLinear(K, N, bits, bias) makes an empty one on meta
+    (to be filled by load_state_dict(assign=True)), QLinear.from_float quantizes a weight."""
+
+    def __init__(self, K: int, N: int, bits: int, bias: bool, device: torch.device | str = "meta"):
         super().__init__()
-        w = linear.weight.detach().float()  # [N, K]
-        scale = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)  # [N]
-        self.register_buffer("weight", (w / scale[:, None]).round().clamp(-128, 127).to(torch.int8))
-        self.register_buffer("scale", scale.to(torch.bfloat16))
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(torch.bfloat16))
-        self.in_features, self.out_features = w.shape[1], w.shape[0]
+        assert bits in (4, 8) and K % GROUP == 0, f"need 4 or 8 bits and K % {GROUP} == 0, got {bits}, {K}"
+        T = -(-N // TILE)
+        self.register_buffer("qs", torch.empty(T, K * TILE * bits // 8, dtype=torch.uint8, device=device))
+        self.register_buffer("d", torch.empty(T, K // GROUP, TILE, dtype=torch.float16, device=device))
+        self.register_buffer("m", torch.empty(T, K // GROUP, TILE, dtype=torch.float16, device=device))
+        self.register_buffer("bias", torch.empty(N, device=device) if bias else None)
+        self.bits, self.in_features, self.out_features = bits, K, N
+
+    @classmethod
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, bits: int) -> QLinear:
+        N, K = weight.shape
+        q = cls(K, N, bits, bias is not None, device="cpu")
+        w = weight.detach().to(device="cpu", dtype=torch.float32).contiguous()
+        native = lib()
+        if native is None:
+            q.qs, q.d, q.m = _quantize_torch(F.pad(w, (0, 0, 0, q.qs.shape[0] * TILE - N)), bits)
+        else:
+            native.zen_quantize(w.data_ptr(), N, K, bits, q.qs.data_ptr(), q.d.data_ptr(), q.m.data_ptr())
+        if bias is not None:
+            q.bias.copy_(bias.detach().float())
+        return q.to(weight.device)
+
+    def spec(self) -> list:
+        """What it takes to rebuild this module empty: [kind, K, N, bits, has_bias]."""
+        return ["linear", self.in_features, self.out_features, self.bits, self.bias is not None]
+
+    def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The float32 weight [N, K], or only the given rows [R, K]."""
+        K, N = self.in_features, self.out_features
+        if rows is not None and self.qs.device.type == "cpu" and (native := lib()) is not None:
+            rows = rows.reshape(-1).to(torch.int64).contiguous()
+            out = torch.empty(rows.numel(), K)
+            native.zen_dequant_rows(self.qs.data_ptr(), self.d.data_ptr(), self.m.data_ptr(), self.bits,
+                                    K, rows.data_ptr(), rows.numel(), out.data_ptr())
+            return out
+        q = _untile(self.qs, self.bits, K)[:N]
+        d, m = (t.transpose(1, 2).reshape(-1, K // GROUP)[:N] for t in (self.d, self.m))
+        if rows is not None:
+            q, d, m = q[rows], d[rows], m[rows]
+        g = q.view(q.shape[0], -1, GROUP).float() * d.float()[..., None] + m.float()[..., None]
+        return g.view(q.shape[0], K)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.weight, self.scale)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.view(*shape[:-1], self.out_features)
+        shape, K, N = x.shape, self.in_features, self.out_features
+        x2 = x.reshape(-1, K)
+        native = lib() if x.device.type == "cpu" else None
+        if native is None:
+            y = F.linear(x2, self.dequantize().to(x2.dtype), None if self.bias is None else self.bias.to(x2.dtype))
+            return y.view(*shape[:-1], N)
+        if x2.dtype not in (torch.float32, torch.bfloat16):
+            x2 = x2.float()
+        x2 = x2.contiguous()
+        bf16 = x2.dtype == torch.bfloat16
+        y = torch.empty(x2.shape[0], N, dtype=x2.dtype)
+        native.zen_linear(x2.data_ptr(), bf16, x2.shape[0], K, self.qs.data_ptr(), self.d.data_ptr(),
+                          self.m.data_ptr(), self.bits, N, None if self.bias is None else self.bias.data_ptr(),
+                          y.data_ptr(), bf16)
+        return y.view(*shape[:-1], N)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}"
 
 
-class Int4Linear(nn.Module):
-    def __init__(self, linear: nn.Linear, group: int = GROUP):
+class QEmbedding(nn.Module):
+    """An embedding table kept quantized like QLinear's weight; a lookup dequantizes only its rows."""
+
+    def __init__(self, table: QLinear, dtype: torch.dtype):
         super().__init__()
-        w = linear.weight.detach().float()  # [N, K]
-        N, K = w.shape
-        assert K % group == 0, f"in_features {K} is not a multiple of the group size {group}"
-        g = w.view(N, K // group, group)
-        lo, hi = g.amin(-1), g.amax(-1)  # [N, K/g]
-        scale = ((hi - lo) / 15).clamp(min=1e-12)
-        q = ((g - lo[..., None]) / scale[..., None]).round().clamp(0, 15).to(torch.int32).view(N, K)
-        # the kernel dequantizes (q - 8) * scale + zero
-        zero = lo + 8 * scale
-        self.register_buffer("weight", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
-        self.register_buffer("scales_zeros", torch.stack([scale, zero], -1).transpose(0, 1).contiguous()
-                             .to(torch.bfloat16))  # [K/g, N, 2]
-        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().to(torch.bfloat16))
-        self.group, self.in_features, self.out_features = group, K, N
+        self.table, self.dtype = table, dtype
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).to(torch.bfloat16)
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.weight, self.group, self.scales_zeros)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.view(*shape[:-1], self.out_features)
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.table.dequantize(tokens.reshape(-1)).to(self.dtype).view(*tokens.shape, -1)
 
-
-MODES = {"int4": Int4Linear, "int8": Int8Linear}
+    def spec(self) -> list:
+        return ["embedding", self.table.in_features, self.table.out_features, self.table.bits, str(self.dtype)]
 
 
 def is_quantized(module: nn.Module) -> bool:
-    return isinstance(module, (Int4Linear, Int8Linear))
+    return isinstance(module, (QLinear, QEmbedding))
 
 
 def quantize_linear(linear, mode: str) -> nn.Module:
-    """A quantized copy of anything with .weight [N, K] and .bias (an nn.Linear, or loose tensors)."""
+    """A quantized copy of anything with .weight [N, K] and .bias (an nn.Linear, or loose tensors);
+    a width the kernel cannot take stays a float nn.Linear."""
     if mode not in MODES:
         raise ValueError(f"unknown quantization {mode!r}; choose one of {', '.join(MODES)}")
     N, K = linear.weight.shape
-    if mode == "int4" and (K % GROUP or N % 16):
-        return Int8Linear(linear)  # the int4 kernel needs whole groups along K and N in tiles of 16
-    return MODES[mode](linear)
+    if K % GROUP:
+        out = nn.Linear(K, N, bias=linear.bias is not None, device="meta")
+        out.weight = nn.Parameter(linear.weight.detach(), requires_grad=False)
+        if linear.bias is not None:
+            out.bias = nn.Parameter(linear.bias.detach(), requires_grad=False)
+        return out
+    return QLinear.from_float(linear.weight, linear.bias, MODES[mode])
 
 
 def quantize_model(model: nn.Module, mode: str) -> nn.Module:

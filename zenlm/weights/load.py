@@ -18,11 +18,12 @@ from torch import nn
 from tqdm import tqdm
 
 from zenlm.config import Config
-from zenlm.model import Transformer
-from zenlm.quant.linear import is_quantized, quantize_linear
+from zenlm.model import RMSNorm, Transformer
+from zenlm.quant.linear import QEmbedding, QLinear, is_quantized, quantize_linear
 from zenlm.tokenizer import Tokenizer
 from zenlm.weights.gguf import GGUFCheckpoint
-from zenlm.weights.registry import resolve
+from zenlm.weights import prequantized
+from zenlm.weights.registry import cache_dir, resolve
 from zenlm.weights.safetensors import checkpoint_files, read_safetensors
 
 # GGUF keys some converters write with the release's sampling defaults -> generation_config keys.
@@ -61,10 +62,36 @@ def load(name: str | Path | None = "default", dtype: torch.dtype = torch.float32
         tokenizer = Tokenizer.from_hf_dir(src.path)
         gen_file = src.path / "generation_config.json"
         gen = json.loads(gen_file.read_text()) if gen_file.exists() else {}
-    bar = tqdm(tensors, total=count, desc=f"loading {src.path.name}", unit="tensor", disable=not progress,
-               leave=False)
-    model = build(config, bar, src.path, dtype, device, quant)
+    cached = _prequantized_path(src.path, quant, dtype) if quant else None
+    if cached is not None and cached.exists():
+        model = prequantized.restore(config, cached, device)
+    else:
+        bar = tqdm(tensors, total=count, desc=f"loading {src.path.name}", unit="tensor", disable=not progress,
+                   leave=False)
+        model = build(config, bar, src.path, dtype, device, quant)
+        if cached is not None:
+            prequantized.save(model, cached)
+    for m in model.modules():  # quantized models aim for speed: one fused kernel per norm
+        if isinstance(m, RMSNorm):
+            m.fused = quant is not None
     return Loaded(config, model, tokenizer, gen, src.path)
+
+
+def _prequantized_path(src: Path, quant: str, dtype: torch.dtype) -> Path:
+    """Where the quantized copy of a checkpoint lives: named by the source (path, size, mtime), the
+    mode and the source code of everything that decides the quantized tensors."""
+    import hashlib
+
+    from zenlm.quant import linear, native
+
+    files = sorted(src.glob("*.safetensors")) if src.is_dir() else [src]
+    h = hashlib.sha256(f"{src.resolve()}|{quant}|{dtype}".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
+    for code in (Path(__file__), Path(linear.__file__), native.SOURCE):
+        h.update(code.read_bytes())
+    return cache_dir() / "quantized" / f"{src.stem}-{quant}-{h.hexdigest()[:16]}.safetensors"
 
 
 # Linears quantized together as one matmul when loading with quant: member -> fused attribute.
@@ -116,6 +143,9 @@ def build(config: Config, tensors: Iterator[tuple[str, torch.Tensor]], path: Pat
                      quant, device)
         elif "lm_head.weight" not in sd:
             sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+    emb = sd.get("model.embed_tokens.weight")
+    if quant and emb is not None and emb.shape[1] % 32 == 0:  # the table too: a lookup dequantizes its rows
+        model.model.embed_tokens = QEmbedding(QLinear.from_float(sd.pop("model.embed_tokens.weight"), None, 8), dtype)
     done = {n for n, m in model.named_modules() if is_quantized(m)}
     fused_away = {f"{u.rpartition('.')[0]}.{m}" for u in done if u.rpartition(".")[2] in MEMBERS
                   for m in MEMBERS[u.rpartition(".")[2]]}

@@ -1,0 +1,334 @@
+/* zenlm's CPU kernels for weight-only quantized linears, built once per machine by native.py.
+ *
+ * A weight [N, K] is stored as unsigned integers q (4 or 8 bits) in groups of 32 along K, each
+ * group with an fp16 scale d and an fp16 offset m per row: w = d * q + m. Rows are interleaved in
+ * tiles of 16 so that one 512-bit register holds the same 4 inputs of 16 rows: for tile t and
+ * group g the block holds, for each quad of inputs k = g*32 + 4*qd + j, the bytes (qd, row, j).
+ * 4 bits: 64-byte octet o holds quad 2o in its low nibbles and quad 2o+1 in its high ones.
+ * d and m are [tiles, groups, 16]. Activations are quantized to int8 per group of 32 on the fly,
+ * so a group's dot is d * dx * sum(q * xq) + m * dx * sum(xq); the integer sums run on
+ * AVX512-VNNI (vpdpbusd) where the CPU has it, in plain C elsewhere. Threads: OpenMP.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#include <immintrin.h>
+#define ZEN_VNNI 1
+#else
+#define ZEN_VNNI 0
+#endif
+
+#define G 32   /* group size along K */
+#define R 16   /* rows per tile */
+#define MT 4   /* activation rows per pass over a tile */
+
+static inline float clampf(float x, float lo, float hi) { return x < lo ? lo : x > hi ? hi : x; }
+
+typedef _Float16 f16;
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t f32_to_bf16(float f) { /* round to nearest even */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40); /* NaN */
+    u += 0x7fff + ((u >> 16) & 1);
+    return (uint16_t)(u >> 16);
+}
+
+int zen_has_vnni(void) { return ZEN_VNNI; }
+
+static inline size_t block_bytes(int bits) { return (size_t)R * G * bits / 8; }
+
+/* byte offset of (row r, input kk in 0..31) inside a tile-group block, and its nibble (4 bits) */
+static inline size_t byte_of(int bits, int r, int kk, int *high) {
+    int qd = kk / 4, j = kk % 4;
+    if (bits == 8) { *high = 0; return (size_t)qd * 64 + r * 4 + j; }
+    *high = qd & 1;
+    return (size_t)(qd / 2) * 64 + r * 4 + j;
+}
+
+/* One activation row -> int8 per group of 32: xq, its scales dx [K/32], dx * sum(xq) per group. */
+static void quantize_row(const void *x, int bf16, int K, int8_t *xq, float *dx, float *sx) {
+    float buf[G];
+    for (int g = 0; g < K / G; g++) {
+        float amax = 0.f;
+        for (int i = 0; i < G; i++) {
+            float v = bf16 ? bf16_to_f32(((const uint16_t *)x)[g * G + i]) : ((const float *)x)[g * G + i];
+            buf[i] = v;
+            amax = fabsf(v) > amax ? fabsf(v) : amax;
+        }
+        float inv = amax > 0.f ? 127.f / amax : 0.f;
+        int sum = 0;
+        for (int i = 0; i < G; i++) {
+            int q = (int)lrintf(buf[i] * inv);
+            xq[g * G + i] = (int8_t)q;
+            sum += q;
+        }
+        dx[g] = amax / 127.f;
+        sx[g] = dx[g] * (float)sum;
+    }
+}
+
+typedef struct {
+    const int8_t *xq;
+    const float *dx, *sx;
+    int K, ng;
+} Act;
+
+#if ZEN_VNNI
+/* acc[i][r] = row r of the tile . activation row m0 + i, for i < MC (a constant per call site) */
+static inline __attribute__((always_inline)) void tile_vnni(const uint8_t *qt, const f16 *dt, const f16 *mt,
+                                                           int bits, const Act *a, int m0, const int MC,
+                                                           __m512 *acc) {
+    const __m512i lo4 = _mm512_set1_epi8(0x0F);
+    for (int i = 0; i < MC; i++) acc[i] = _mm512_setzero_ps();
+    const size_t bb = block_bytes(bits);
+    for (int g = 0; g < a->ng; g++) {
+        const uint8_t *blk = qt + g * bb;
+        __m512i w[8];
+        if (bits == 4) {
+            for (int o = 0; o < 4; o++) {
+                __m512i v = _mm512_loadu_si512(blk + o * 64);
+                w[2 * o] = _mm512_and_si512(v, lo4);
+                w[2 * o + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
+            }
+        } else {
+            for (int q = 0; q < 8; q++) w[q] = _mm512_loadu_si512(blk + q * 64);
+        }
+        __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(dt + g * R)));
+        __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(mt + g * R)));
+        for (int i = 0; i < MC; i++) {
+            const size_t row = (size_t)(m0 + i);
+            const int32_t *x = (const int32_t *)(a->xq + row * a->K + g * G);
+            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
+            for (int q = 0; q < 8; q += 2) {
+                s0 = _mm512_dpbusd_epi32(s0, w[q], _mm512_set1_epi32(x[q]));
+                s1 = _mm512_dpbusd_epi32(s1, w[q + 1], _mm512_set1_epi32(x[q + 1]));
+            }
+            __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+            acc[i] = _mm512_fmadd_ps(dot, _mm512_mul_ps(dv, _mm512_set1_ps(a->dx[row * a->ng + g])), acc[i]);
+            acc[i] = _mm512_fmadd_ps(mv, _mm512_set1_ps(a->sx[row * a->ng + g]), acc[i]);
+        }
+    }
+}
+
+static void store_row(__m512 v, const float *bias, int n0, int nr, void *y, int y_bf16) {
+    __mmask16 k = (__mmask16)(nr == 16 ? 0xFFFF : (1u << nr) - 1);
+    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(k, bias + n0));
+    if (!y_bf16) { _mm512_mask_storeu_ps((float *)y + n0, k, v); return; }
+    __m512i u = _mm512_castps_si512(v); /* round to nearest even, then keep the high half */
+    u = _mm512_add_epi32(u, _mm512_add_epi32(_mm512_set1_epi32(0x7fff),
+                                              _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))));
+    _mm256_mask_storeu_epi16((uint16_t *)y + n0, k, _mm512_cvtepi32_epi16(_mm512_srli_epi32(u, 16)));
+}
+#endif
+
+static inline int q_at(const uint8_t *blk, int bits, int r, int kk) {
+    int high;
+    uint8_t b = blk[byte_of(bits, r, kk, &high)];
+    return bits == 8 ? b : high ? b >> 4 : b & 15;
+}
+
+/* y[M, N] = x[M, K] @ W^T + bias; x and y are float32 or bfloat16 (flags). K % 32 == 0. */
+void zen_linear(const void *x, int x_bf16, int M, int K, const uint8_t *qs, const f16 *d, const f16 *mn,
+                int bits, int N, const float *bias, void *y, int y_bf16) {
+    const int ng = K / G, tiles = (N + R - 1) / R;
+    int8_t *xq = malloc((size_t)M * K);
+    float *dx = malloc(sizeof(float) * (size_t)M * ng), *sx = malloc(sizeof(float) * (size_t)M * ng);
+    const size_t xs = (size_t)K * (x_bf16 ? 2 : 4), tb = block_bytes(bits) * ng;
+#pragma omp parallel for schedule(static) if (M > 1)
+    for (int m = 0; m < M; m++)
+        quantize_row((const char *)x + m * xs, x_bf16, K, xq + (size_t)m * K, dx + (size_t)m * ng, sx + (size_t)m * ng);
+    const Act a = {xq, dx, sx, K, ng};
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < tiles; t++) {
+        const uint8_t *qt = qs + t * tb;
+        const f16 *dt = d + (size_t)t * ng * R, *mt = mn + (size_t)t * ng * R;
+        const int n0 = t * R, nr = N - n0 < R ? N - n0 : R;
+        for (int m0 = 0; m0 < M; m0 += MT) {
+            const int mc = M - m0 < MT ? M - m0 : MT;
+#if ZEN_VNNI
+            __m512 acc[MT];
+            switch (mc) {
+            case 1: tile_vnni(qt, dt, mt, bits, &a, m0, 1, acc); break;
+            case 2: tile_vnni(qt, dt, mt, bits, &a, m0, 2, acc); break;
+            case 3: tile_vnni(qt, dt, mt, bits, &a, m0, 3, acc); break;
+            default: tile_vnni(qt, dt, mt, bits, &a, m0, 4, acc); break;
+            }
+            for (int i = 0; i < mc; i++) {
+                size_t at = (size_t)(m0 + i) * N;
+                store_row(acc[i], bias, n0, nr, y_bf16 ? (void *)((uint16_t *)y + at) : (void *)((float *)y + at), y_bf16);
+            }
+#else
+            for (int i = 0; i < mc; i++) {
+                const size_t row = (size_t)(m0 + i);
+                for (int r = 0; r < nr; r++) {
+                    float v = bias ? bias[n0 + r] : 0.f;
+                    for (int g = 0; g < ng; g++) {
+                        const uint8_t *blk = qt + g * block_bytes(bits);
+                        int dot = 0;
+                        for (int kk = 0; kk < G; kk++) dot += q_at(blk, bits, r, kk) * xq[row * K + g * G + kk];
+                        v += (float)dt[g * R + r] * dx[row * ng + g] * (float)dot + (float)mt[g * R + r] * sx[row * ng + g];
+                    }
+                    if (y_bf16) ((uint16_t *)y)[row * N + n0 + r] = f32_to_bf16(v);
+                    else ((float *)y)[row * N + n0 + r] = v;
+                }
+            }
+#endif
+        }
+    }
+    free(xq); free(dx); free(sx);
+}
+
+/* Float32 weights [N, K] -> tiled q, d, m (zero rows pad N up to whole tiles). Per group: the
+ * min..max range on 2^bits - 1 steps; for 4 bits also a few shrunken ranges, keeping the one with
+ * the least squared error. */
+void zen_quantize(const float *w, int N, int K, int bits, uint8_t *qs, f16 *d, f16 *mn) {
+    const int ng = K / G, levels = (1 << bits) - 1, tiles = (N + R - 1) / R;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < tiles; t++) {
+        for (int r = 0; r < R; r++) {
+            const int n = t * R + r;
+            for (int g = 0; g < ng; g++) {
+                float v[G] = {0};
+                if (n < N) memcpy(v, w + (size_t)n * K + g * G, sizeof v);
+                float lo = v[0], hi = v[0];
+                for (int j = 1; j < G; j++) { lo = v[j] < lo ? v[j] : lo; hi = v[j] > hi ? v[j] : hi; }
+                float best_err = INFINITY, bd = 0.f, bm = lo;
+                const int tries = bits == 4 ? 12 : 1;
+                for (int s = 0; s < tries; s++) {
+                    float shrink = 1.f - 0.02f * s;
+                    float sd = (float)(f16)((hi - lo) * shrink / levels), sm = (float)(f16)(lo * shrink), err = 0.f;
+                    float inv = sd > 0.f ? 1.f / sd : 0.f;
+#if ZEN_VNNI
+                    for (int h = 0; h < G; h += 16) {
+                        __m512 x = _mm512_loadu_ps(v + h);
+                        __m512 qf = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_sub_ps(x, _mm512_set1_ps(sm)), _mm512_set1_ps(inv)),
+                                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                        qf = _mm512_min_ps(_mm512_max_ps(qf, _mm512_setzero_ps()), _mm512_set1_ps((float)levels));
+                        __m512 e = _mm512_sub_ps(_mm512_fmadd_ps(_mm512_set1_ps(sd), qf, _mm512_set1_ps(sm)), x);
+                        err += _mm512_reduce_add_ps(_mm512_mul_ps(e, e));
+                    }
+#else
+                    for (int j = 0; j < G; j++) {
+                        float qf = clampf(__builtin_roundevenf((v[j] - sm) * inv), 0.f, (float)levels);
+                        float e = sd * qf + sm - v[j];
+                        err += e * e;
+                    }
+#endif
+                    if (err < best_err) { best_err = err; bd = sd; bm = sm; }
+                }
+                float inv = bd > 0.f ? 1.f / bd : 0.f;
+                uint8_t best[G];
+#pragma omp simd
+                for (int j = 0; j < G; j++)
+                    best[j] = (uint8_t)clampf(__builtin_roundevenf((v[j] - bm) * inv), 0.f, (float)levels);
+                size_t at = ((size_t)t * ng + g) * R + r;
+                d[at] = (f16)bd;
+                mn[at] = (f16)bm;
+                uint8_t *blk = qs + ((size_t)t * ng + g) * block_bytes(bits) + r * 4;
+                uint32_t word[8]; /* word qd: the 4 bytes of quad qd */
+                memcpy(word, best, sizeof word);
+                for (int qd = 0; qd < 8; qd++)
+                    if (bits == 8) memcpy(blk + qd * 64, &word[qd], 4);
+                    else if (qd % 2 == 0) {
+                        uint32_t both = word[qd] | word[qd + 1] << 4;
+                        memcpy(blk + qd / 2 * 64, &both, 4);
+                    }
+            }
+        }
+    }
+}
+
+/* Rows of a quantized [N, K] weight -> float32 [rows, K] (an embedding lookup). */
+void zen_dequant_rows(const uint8_t *qs, const f16 *d, const f16 *mn, int bits, int K,
+                      const int64_t *rows, int nrows, float *out) {
+    const int ng = K / G;
+    const size_t bb = block_bytes(bits);
+    for (int i = 0; i < nrows; i++) {
+        const int64_t t = rows[i] / R, r = rows[i] % R;
+        for (int g = 0; g < ng; g++) {
+            const uint8_t *blk = qs + ((size_t)t * ng + g) * bb;
+            size_t at = ((size_t)t * ng + g) * R + r;
+            for (int kk = 0; kk < G; kk++)
+                out[(size_t)i * K + g * G + kk] = (float)d[at] * q_at(blk, bits, (int)r, kk) + (float)mn[at];
+        }
+    }
+}
+
+/* ---- decode attention over the paged KV cache ---------------------------------------------------
+ * One new token per sequence: rotate its q and k (cos/sin [B, D], rotate-half convention), write k
+ * and v into the cache at the sequence's last read slot, then attend over its ctx[b] keys (the last
+ * `window` only, when window > 0). qkv [B, (H + 2 KV) * D] float32 is rotated in place; the cache is
+ * [slots, KV, D] float32 or bfloat16; slots [B, S] hold the cache slot of each position. */
+static inline __attribute__((always_inline)) float kv_at(const void *c, int bf16, size_t i) {
+    return bf16 ? bf16_to_f32(((const uint16_t *)c)[i]) : ((const float *)c)[i];
+}
+
+static void rope(float *x, const float *cos, const float *sin, int D) {
+    const int h = D / 2;
+    for (int i = 0; i < h; i++) {
+        float a = x[i], b = x[i + h];
+        x[i] = a * cos[i] - b * sin[i];
+        x[i + h] = b * cos[i + h] + a * sin[i + h];
+    }
+}
+
+void zen_attn_decode(float *qkv, int B, int H, int KV, int D, const float *cos, const float *sin,
+                     void *kc, void *vc, int kv_bf16, const int64_t *slots, int S, const int64_t *ctx,
+                     int window, float scale, float *out) {
+    const int W = (H + 2 * KV) * D, per = H / KV;
+    for (int b = 0; b < B; b++) { /* rotate and store the new token's k, v */
+        float *row = qkv + (size_t)b * W;
+        for (int h = 0; h < H + KV; h++) rope(row + h * D, cos + (size_t)b * D, sin + (size_t)b * D, D);
+        const size_t slot = (size_t)slots[(size_t)b * S + ctx[b] - 1];
+        for (int i = 0; i < KV * D; i++) {
+            float k = row[H * D + i], v = row[(H + KV) * D + i];
+            if (kv_bf16) {
+                ((uint16_t *)kc)[slot * KV * D + i] = f32_to_bf16(k);
+                ((uint16_t *)vc)[slot * KV * D + i] = f32_to_bf16(v);
+            } else {
+                ((float *)kc)[slot * KV * D + i] = k;
+                ((float *)vc)[slot * KV * D + i] = v;
+            }
+        }
+    }
+#pragma omp parallel for schedule(dynamic, 1) collapse(2)
+    for (int b = 0; b < B; b++)
+        for (int g = 0; g < KV; g++) {
+            const int n = (int)ctx[b], start = window > 0 && n > window ? n - window : 0, len = n - start;
+            const float *q = qkv + (size_t)b * W + (size_t)g * per * D;
+            float *p = malloc(sizeof(float) * (size_t)per * len), acc[D];
+            for (int j = 0; j < len; j++) {
+                const size_t base = ((size_t)slots[(size_t)b * S + start + j] * KV + g) * D;
+                for (int h = 0; h < per; h++) {
+                    float s = 0.f;
+#pragma omp simd reduction(+ : s)
+                    for (int i = 0; i < D; i++) s += q[h * D + i] * kv_at(kc, kv_bf16, base + i);
+                    p[(size_t)h * len + j] = s * scale;
+                }
+            }
+            for (int h = 0; h < per; h++) {
+                float *ph = p + (size_t)h * len, mx = -INFINITY, sum = 0.f;
+                for (int j = 0; j < len; j++) mx = ph[j] > mx ? ph[j] : mx;
+                for (int j = 0; j < len; j++) { ph[j] = expf(ph[j] - mx); sum += ph[j]; }
+                for (int i = 0; i < D; i++) acc[i] = 0.f;
+                for (int j = 0; j < len; j++) {
+                    const size_t base = ((size_t)slots[(size_t)b * S + start + j] * KV + g) * D;
+                    const float w = ph[j] / sum;
+#pragma omp simd
+                    for (int i = 0; i < D; i++) acc[i] += w * kv_at(vc, kv_bf16, base + i);
+                }
+                memcpy(out + (size_t)b * H * D + (size_t)(g * per + h) * D, acc, sizeof(float) * D);
+            }
+            free(p);
+        }
+}

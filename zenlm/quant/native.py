@@ -1,0 +1,66 @@
+"""Builds kernels.c once per machine with the system C compiler and loads it with ctypes.
+
+The shared library lands in the zenlm cache, named by a hash of the source, the compiler and the
+CPU, so an edit or another machine rebuilds it (about a second). `lib()` returns None when there is
+no compiler or the build fails; callers then take their pure-torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from functools import cache
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC", "-std=c11"]
+
+P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+SIGNATURES = {
+    "zen_has_vnni": ([], I),
+    "zen_linear": ([P, I, I, I, P, P, P, I, I, P, P, I], None),
+    "zen_quantize": ([P, I, I, I, P, P, P], None),
+    "zen_dequant_rows": ([P, P, P, I, I, P, I, P], None),
+    "zen_attn_decode": ([P, I, I, I, I, P, P, P, P, I, P, I, P, I, F, P], None),
+}
+
+
+def _cpu_id() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        return next((line for line in info.splitlines() if line.startswith("flags")), "") + platform.machine()
+    except OSError:
+        return platform.processor() + platform.machine()
+
+
+@cache
+def lib() -> ctypes.CDLL | None:
+    if os.environ.get("ZEN_NO_NATIVE"):
+        return None
+    import torch  # noqa: F401  (loads torch's OpenMP runtime first, so the kernels share its threads)
+
+    from zenlm.weights.registry import cache_dir
+
+    cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        return None
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS + [cc, _cpu_id()]).encode()).hexdigest()[:16]
+    target = cache_dir() / f"kernels-{key}.so"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            out = Path(tmp) / target.name
+            r = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(out), "-lm"], capture_output=True, text=True)
+            if r.returncode != 0:
+                return None
+            os.replace(out, target)  # atomic: a concurrent build never leaves a half-written file
+    dll = ctypes.CDLL(str(target))
+    for name, (args, res) in SIGNATURES.items():
+        fn = getattr(dll, name)
+        fn.argtypes, fn.restype = args, res
+    return dll

@@ -1,0 +1,67 @@
+"""A quantized model written once to the cache and loaded from it after: no re-quantizing at start-up.
+
+The file is safetensors: the model's state dict plus, in its metadata, what is not a plain
+Transformer (each quantized module's spec, the float linears fused away) and which entries alias
+another (tied weights), so `restore` can rebuild the same modules on meta and assign the tensors.
+The cache key (load.py) names the source file, its size and mtime, the mode and the code version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from zenlm.config import Config
+from zenlm.model import Transformer
+from zenlm.quant.linear import QEmbedding, QLinear, is_quantized
+
+
+def save(model: Transformer, path: Path) -> None:
+    specs = {n: m.spec() for n, m in model.named_modules() if is_quantized(m)}
+    with torch.device("meta"):
+        fresh = dict(Transformer(model.config).named_modules())
+    have = dict(model.named_modules())
+    removed = [n for n in fresh if n and n not in have and n.rpartition(".")[0] in have]
+    sd, aliases, seen = {}, {}, {}
+    for k, v in model.state_dict().items():
+        if v.data_ptr() in seen:
+            aliases[k] = seen[v.data_ptr()]
+        else:
+            seen[v.data_ptr()], sd[k] = k, v.contiguous()
+    meta = {"specs": json.dumps(specs), "removed": json.dumps(removed), "aliases": json.dumps(aliases)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    save_file(sd, tmp, metadata=meta)
+    os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
+def _module(spec: list) -> torch.nn.Module:
+    kind, K, N, bits, extra = spec
+    if kind == "linear":
+        return QLinear(K, N, bits, bias=extra)
+    return QEmbedding(QLinear(K, N, bits, bias=False), getattr(torch, extra.removeprefix("torch.")))
+
+
+def restore(config: Config, path: Path, device: str | torch.device = "cpu") -> Transformer:
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    sd = load_file(str(path), device=str(device))
+    for k, target in json.loads(meta["aliases"]).items():
+        sd[k] = sd[target]
+    with torch.device("meta"):
+        model = Transformer(config)
+    for name in json.loads(meta["removed"]):
+        parent, _, leaf = name.rpartition(".")
+        delattr(model.get_submodule(parent), leaf)
+    for name, spec in json.loads(meta["specs"]).items():
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, _module(spec))  # also where a plain None attribute was
+    model.load_state_dict(sd, assign=True, strict=True)
+    return model.eval().requires_grad_(False)
