@@ -57,7 +57,9 @@ def setup(device: str | None = None) -> Dist:
 def shard(root: nn.Module, blocks: nn.ModuleList, d: Dist) -> None:
     """FSDP2: one unit per block, then the root (embedding + norm + tied head stay one unit).
 
-    The loss is already divided by the global token count, so gradients are summed, not averaged.
+    FSDP averages gradients over ranks; the loop multiplies its loss (already divided by the global
+    token count) by the world size, so the average is the sum it wants. (A divide factor of 1 would
+    say the same, but gloo has no PREMUL_SUM reduction.)
     """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -66,9 +68,6 @@ def shard(root: nn.Module, blocks: nn.ModuleList, d: Dist) -> None:
     for block in blocks:
         fully_shard(block, mesh=mesh)
     fully_shard(root, mesh=mesh)
-    for m in root.modules():
-        if hasattr(m, "set_gradient_divide_factor"):
-            m.set_gradient_divide_factor(1.0)
 
 
 def all_reduce_sum(x: torch.Tensor, d: Dist) -> torch.Tensor:

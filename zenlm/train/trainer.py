@@ -134,7 +134,7 @@ class Trainer:
         for b in micro:
             with self._autocast():
                 loss_sum, metrics = self.objective(b, self.loss)
-            (loss_sum / count.clamp_min(1)).backward()
+            (loss_sum * self.d.world / count.clamp_min(1)).backward()  # FSDP averages over ranks
             total += loss_sum.detach().float()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v

@@ -1,0 +1,77 @@
+"""Distributed training for real: `torchrun --nproc_per_node 2 -m zenlm train` on CPU (gloo, FSDP2).
+
+The 2-process run's losses equal the single-process run with the same global batch (fp32), its
+distributed checkpoint resumes on 1 process to the same next losses, and its export equals the
+single-process export.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.tiny_train import write_model_dir
+from zenlm.weights.safetensors import read_safetensors
+
+COMMON = ["pretrain", "--max-steps", "6", "--seq-len", "32", "--batch-size", "2", "--lr", "3e-3",
+          "--warmup-steps", "2", "--no-bf16", "--no-progress", "--val-fraction", "0", "--save-every", "3"]
+
+
+def zen(args: list[str], nproc: int = 1) -> None:
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "zenlm", "train", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+               "-m", "zenlm", "train", *args]
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        _, err = p.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)  # the workers too
+        raise
+    assert p.returncode == 0, err[-3000:]
+
+
+def losses(out) -> list[float]:
+    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(out) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in read_safetensors(out / "model.safetensors")}
+
+
+def test_two_process_fsdp_equals_one_process_and_resumes_on_one(tmp_path):
+    base = write_model_dir(tmp_path / "base")
+    src = tmp_path / "text"
+    src.mkdir()
+    for i in range(12):
+        (src / f"d{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps. " * (3 + i))
+    data = ["--model", str(base), "--data", str(src)]
+    one, two = tmp_path / "one", tmp_path / "two"
+    zen(COMMON + data + ["--output", str(one), "--grad-accum", "2"])
+    zen(COMMON + data + ["--output", str(two)], nproc=2)
+    ref = losses(one)
+    assert len(ref) == 6 and ref[-1] < ref[0]
+    assert losses(two) == pytest.approx(ref, rel=1e-5, abs=1e-6)
+    assert sorted(p.name for p in (two / "checkpoints" / "step_0000003").glob("*.distcp")) == \
+        ["__0_0.distcp", "__1_0.distcp"]
+    w1, w2 = weights(one), weights(two)
+    assert w1.keys() == w2.keys()
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], atol=1e-5, rtol=1e-4)
+
+    # kill the 2-process run after step 3 (drop what came later) and resume it on 1 process
+    shutil.rmtree(two / "checkpoints" / "step_0000006")
+    (two / "model.safetensors").unlink()
+    zen(COMMON + data + ["--output", str(two), "--grad-accum", "2"])
+    resumed = losses(two)
+    assert resumed[3:] == pytest.approx(ref[3:], rel=1e-5, abs=1e-6)
+    for k, v in weights(two).items():
+        torch.testing.assert_close(v, w1[k], atol=1e-5, rtol=1e-4)
