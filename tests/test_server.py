@@ -391,6 +391,57 @@ def test_web_page_route(server):
         assert "zen serve is running" in r.text
 
 
+LM_EVAL_TASK = """task: zen_capitals
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+"""
+CAPITALS = [("The capital of France is", ["Paris", "London", "Berlin"], 0),  # lm-eval puts " " between
+            ("The capital of Italy is", ["Madrid", "Rome", "Vienna"], 1),
+            ("def add(a, b):\n    return", ["a + b", "a - b", "None"], 0)]
+
+
+def test_lm_eval_local_completions(server, tmp_path, monkeypatch):
+    """lm-eval-harness drives /v1/completions (echo + logprobs) with the server's own tokenizer
+    endpoints; its log-likelihoods equal zenlm's own, computed here in process."""
+    lm_eval = pytest.importorskip("lm_eval")
+    from lm_eval.tasks import TaskManager
+
+    from zenlm.engine.llm import LLM
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)  # what local-completions sends as its Bearer token
+    data = tmp_path / "capitals.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "choices": c, "answer": a}) + "\n" for q, c, a in CAPITALS))
+    (tmp_path / "zen_capitals.yaml").write_text(LM_EVAL_TASK.format(data=data))
+    out = lm_eval.simple_evaluate(
+        model="local-completions", tasks=["zen_capitals"], task_manager=TaskManager(include_path=str(tmp_path)),
+        model_args={"base_url": server["url"] + "/v1/completions", "model": "default", "tokenizer_backend": "remote",
+                    "auth_token": KEY, "num_concurrent": 1, "max_retries": 1},
+        log_samples=True)
+    assert out["results"]["zen_capitals"]["acc,none"] == 1.0
+    llm = LLM("default", dtype="int4", progress=False)
+    tok = llm.tokenizer
+    seen = 0
+    for sample in out["samples"]["zen_capitals"]:
+        for (context, continuation), (loglik, greedy) in zip(sample["arguments"], sample["filtered_resps"]):
+            ids, n_ctx = tok.encode(context + continuation), len(tok.encode(context))
+            scored = llm.prompt_logprobs(ids, 1)[n_ctx:]
+            assert loglik == pytest.approx(sum(s[0] for s in scored), abs=1e-3)
+            assert greedy == all(s[0] >= s[1][0][1] for s in scored)
+            seen += 1
+    assert seen == 9
+
+
 def test_zz_ctrl_c_stops_cleanly(server, http):
     """Last: SIGINT while a stream is in flight; the server cancels it and exits 0."""
     proc = server["proc"]
