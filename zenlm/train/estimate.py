@@ -1,0 +1,84 @@
+"""`zen estimate`: training memory from the config alone, itemised as this package trains.
+
+Weights (fp32, or 4-bit linears for QLoRA), gradients and AdamW states of what trains, activations
+saved for backward per block (bf16 autocast or fp32; all blocks, or block inputs plus one block
+with activation checkpointing), attention K/V and masks, and the chunked output head's buffers.
+Counted per tensor as trainer.py, losses.py and model.py allocate them; not a measurement.
+"""
+
+from __future__ import annotations
+
+from zenlm.config import Config, param_counts
+from zenlm.train.losses import CHUNK
+
+GiB = 1024 ** 3
+
+
+def _linears(c: Config) -> list[tuple[int, int]]:
+    """(in, out) of every projection in the blocks (dense layers)."""
+    h, q, kv, i = c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.intermediate_size
+    per = [(h, q), (h, kv), (h, kv), (q, h), (h, i), (h, i), (i, h)]
+    return per * c.num_layers
+
+
+def estimate(c: Config, method: str = "full", seq_len: int = 512, batch: int = 1, lora_rank: int = 16,
+             checkpointing: bool = False, bf16: bool = True) -> dict:
+    """Bytes per component and their sum (`total`), for one training step at its peak."""
+    if method not in ("full", "lora", "qlora"):
+        raise ValueError(f"method must be full, lora or qlora, got {method!r}")
+    if c.is_moe:
+        raise ValueError("the memory estimate covers dense models only")
+    P = param_counts(c)["params_total"]
+    lin = sum(a * b for a, b in _linears(c))
+    h, q, kv, inter = c.hidden_size, c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.intermediate_size
+    V, L, N = c.vocab_size, c.num_layers, batch * seq_len
+    a = 2 if bf16 else 4  # bytes of an activation in the compute dtype
+    cast = 1 if bf16 else 0  # autocast keeps a bf16 copy of each linear's fp32 input
+
+    if method == "full":
+        weights, trainable = 4 * P, P
+    else:
+        trainable = sum(lora_rank * (i + o) for i, o in _linears(c))
+        base = 4 * P if method == "lora" else 4 * (P - lin) + lin // 2 + (lin // 64) * 4
+        weights = base + 4 * trainable
+    grads = 4 * trainable
+    optimizer = 8 * trainable  # AdamW exp_avg + exp_avg_sq, fp32
+
+    # Saved for backward, bytes per token per block (model.py under the loop's autocast):
+    norms = 2 * 8 * h  # each RMSNorm keeps its fp32 input and normalised output
+    casts = cast * (3 + 2) * 2 * h  # bf16 copies of the normed input for q, k, v and gate, up
+    attn = 5 * q * a + 4 * kv * a  # q, k (+ rotated, + SDPA inputs), v, attention output, o_proj input
+    mlp = 4 * inter * a  # gate, up, silu(gate), silu(gate) * up
+    lora = 0 if method == "full" else sum(lora_rank * a for _ in range(7)) + 7 * h * a
+    per_block = norms + casts + attn + mlp + lora
+    kv_bytes = N * (2 * kv * a) * L + batch * seq_len * seq_len * L  # K/V kept by attention + bool masks
+    if checkpointing:
+        activations = N * 4 * h * L + N * per_block  # block inputs, then one block recomputed
+        kv_bytes = N * 2 * kv * a + batch * seq_len * seq_len
+    else:
+        activations = N * per_block * L
+    activations += N * 4 * h * 3  # embedding output, final norm input and output
+    backward = N * per_block  # gradients of one block's activations while it runs backward
+    head_trains = method == "full"
+    rows = min(CHUNK, N)
+    head = 2 * rows * V * a + N * 4 * h  # logits and probabilities buffers, grad of the hidden states
+    if a == 2:
+        head += V * h * 2  # the bf16 copy of the head weight
+    if head_trains:
+        head += V * h * 4 + V * h * a  # fp32 grad of the head weight and each chunk's part
+    workspace = 2 * V * h * a  # the matmul library's packed copies of the head weight (measured, not derived)
+    out = {"weights": weights, "gradients": grads, "optimizer": optimizer, "activations": activations,
+           "kv": kv_bytes, "backward": backward, "head": head,
+           "workspace": workspace}
+    out["total"] = sum(out.values())
+    return {"model": c.name, "method": method, "seq_len": seq_len, "batch": batch, "bf16": bf16,
+            "checkpointing": checkpointing, "params": P, "trainable": trainable, "bytes": out}
+
+
+def format_estimate(e: dict) -> str:
+    lines = [f"{e['model']}  {e['method']}  batch {e['batch']} x seq {e['seq_len']}  "
+             f"{'bf16 autocast' if e['bf16'] else 'fp32'}{'  checkpointing' if e['checkpointing'] else ''}",
+             f"params {e['params']:,}  trainable {e['trainable']:,}"]
+    for k, v in e["bytes"].items():
+        lines.append(f"{k:12s} {v / GiB:8.3f} GiB")
+    return "\n".join(lines)
