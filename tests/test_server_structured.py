@@ -57,9 +57,9 @@ def test_random_logits_give_valid_json_schema_output(grammars, tokenizer, seed):
     jsonschema.validate(json.loads(text), SCHEMA)
 
 
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("seed", range(2))
 def test_random_logits_give_a_json_object(grammars, tokenizer, seed):
-    text, stopped = decode_constrained(grammars, tokenizer, grammars.json_schema(None), seed, max_tokens=400)
+    text, stopped = decode_constrained(grammars, tokenizer, grammars.json_schema(None), seed, max_tokens=150)
     if stopped:  # free-form JSON may run long; what is finished must be an object
         assert isinstance(json.loads(text), dict)
     else:
