@@ -8,7 +8,6 @@ renderer's escaping. Screenshots go to the test's tmp dir (and to docs/web-chat.
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
