@@ -11,7 +11,8 @@ ALLOWED = {
     "zenlm.model": {"zenlm.config"},
     "zenlm.weights": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.quant"},  # quantize on load
     "zenlm.quant": {"zenlm.config", "zenlm.model"},
-    "zenlm.engine": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights"},  # weights: llm.py only
+    # weights: llm.py only; quant: the C decode-attention kernel the paged cache calls
+    "zenlm.engine": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights", "zenlm.quant"},
 }
 
 

@@ -63,38 +63,41 @@ def test_quantize_model_swaps_every_linear_it_can():
         quantize_model(nn.Sequential(nn.Linear(4, 4)), "int3")
 
 
-def test_decode_attention_kernel_equals_sdpa():
-    """zen_attn_decode (rope, cache write, attention over each row's own slots) against torch."""
+@pytest.mark.parametrize("bs", [4, 16])  # 16: the AVX-512 path, 4: the plain one
+def test_decode_attention_kernel_equals_sdpa(bs):
+    """zen_attn_decode (rope, cache write, attention over each row's own blocks) against torch."""
     torch.manual_seed(0)
-    H, KV, D, B = 4, 2, 16, 3
-    ctx = torch.tensor([5, 9, 1])
+    H, KV, D, B, nblk = 4, 2, 16, 3, 12
+    ctx = torch.tensor([5, 2 * bs + 3, 1])
     for kv_dtype in (torch.float32, torch.bfloat16):
         for window in (0, 4):
-            kc, vc = torch.randn(64, KV, D).to(kv_dtype), torch.randn(64, KV, D).to(kv_dtype)
-            slots = torch.stack([torch.randperm(64)[:9] for _ in range(B)])  # [B, S]
+            kc = torch.randn(nblk, KV, D, bs).to(kv_dtype)  # keys transposed inside a block
+            vc = torch.randn(nblk, KV, bs, D).to(kv_dtype)
+            tables = torch.randperm(nblk)[:B * 3].view(B, 3)  # [B, 3 blocks], none shared
             qkv = torch.randn(B, (H + 2 * KV) * D)
             ang = torch.rand(B, D // 2) * 3
             cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
             q, k, v = qkv.split([H * D, KV * D, KV * D], -1)
             rot = lambda x: x * cos[:, None] + torch.cat([-x[..., D // 2:], x[..., :D // 2]], -1) * sin[:, None]
-            q, k = rot(q.view(B, H, D)), rot(k.view(B, KV, D))
-            want = []
-            kc2, vc2 = kc.clone(), vc.clone()
+            q, k, v = rot(q.view(B, H, D)), rot(k.view(B, KV, D)), v.view(B, KV, D)
+            want, kc2, vc2 = [], kc.clone(), vc.clone()
             for b in range(B):
                 n = int(ctx[b])
-                kc2[slots[b, n - 1]], vc2[slots[b, n - 1]] = k[b].to(kv_dtype), v.view(B, KV, D)[b].to(kv_dtype)
+                blk, off = tables[b, (n - 1) // bs], (n - 1) % bs
+                kc2[blk, :, :, off], vc2[blk, :, off, :] = k[b].to(kv_dtype), v[b].to(kv_dtype)
+                keys = kc2[tables[b]].permute(1, 0, 3, 2).reshape(KV, -1, D)[:, :n].float()  # [KV, n, D]
+                vals = vc2[tables[b]].permute(1, 0, 2, 3).reshape(KV, -1, D)[:, :n].float()
                 start = max(0, n - window) if window else 0
-                keys = kc2[slots[b, start:n]].float().transpose(0, 1)  # [KV, n, D]
-                vals = vc2[slots[b, start:n]].float().transpose(0, 1)
-                o = torch.nn.functional.scaled_dot_product_attention(q[b][None, :, None], keys[None], vals[None],
-                                                                     enable_gqa=True)
+                o = torch.nn.functional.scaled_dot_product_attention(
+                    q[b][None, :, None], keys[None, :, start:], vals[None, :, start:], enable_gqa=True)
                 want.append(o.reshape(H * D))
             out = torch.empty(B, H * D)
             lib().zen_attn_decode(qkv.data_ptr(), B, H, KV, D, cos.data_ptr(), sin.data_ptr(), kc.data_ptr(),
-                                  vc.data_ptr(), kv_dtype == torch.bfloat16, slots.data_ptr(), 9, ctx.data_ptr(),
-                                  window, D ** -0.5, out.data_ptr())
+                                  vc.data_ptr(), kv_dtype == torch.bfloat16, bs, tables.data_ptr(), 3,
+                                  ctx.data_ptr(), window, D ** -0.5, out.data_ptr())
             torch.testing.assert_close(out, torch.stack(want), rtol=1e-4, atol=1e-4)
-            torch.testing.assert_close(kc, kc2, rtol=0, atol=0)  # the new keys landed in their slots
+            torch.testing.assert_close(kc, kc2, rtol=0, atol=0)  # the new keys and values landed in place
+            torch.testing.assert_close(vc, vc2, rtol=0, atol=0)
 
 
 HELD_OUT = inspect.getsource(json)[:4000]  # text the model was not tuned on in this form: stdlib source

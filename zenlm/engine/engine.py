@@ -23,6 +23,7 @@ from zenlm.model import Transformer
 class EngineConfig:
     block_size: int = 16
     kv_cache_tokens: int | None = None  # None: the model's context length
+    kv_dtype: torch.dtype | None = None  # None: the activation dtype
     max_num_seqs: int = 16
     max_num_batched_tokens: int = 512  # the per-step token budget (chunked prefill fills what decodes leave)
 
@@ -44,7 +45,7 @@ class Engine:
         num_blocks = -(-tokens // ec.block_size)
         self.blocks = BlockManager(num_blocks, ec.block_size)
         self.scheduler = Scheduler(self.blocks, ec.max_num_seqs, max(ec.max_num_batched_tokens, ec.max_num_seqs))
-        self.runner = Runner(model, num_blocks, ec.block_size, dtype, device)
+        self.runner = Runner(model, num_blocks, ec.block_size, ec.kv_dtype or dtype, device)
         self.eos = set(tokenizer.eos_token_ids)
         self._ids = itertools.count()
 

@@ -10,6 +10,7 @@ Both load the model once (the only place in the engine that loads weights) and d
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import AsyncIterator, Iterator
 
@@ -36,6 +37,9 @@ class LLM:
         self.config, self.model, self.tokenizer = loaded.config, loaded.model, loaded.tokenizer
         self.generation_config, self.path = loaded.generation_config, loaded.path
         self.device = torch.device(device)
+        engine = engine or EngineConfig()
+        if quant and engine.kv_dtype is None:  # quantized weights: K/V in bfloat16 too, half the cache memory
+            engine = dataclasses.replace(engine, kv_dtype=torch.bfloat16)
         self.engine = Engine(self.model, self.tokenizer, self.generation_config, self.dtype, device, engine)
 
     # ---- prompts -> ids --------------------------------------------------------------------------

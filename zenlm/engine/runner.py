@@ -1,7 +1,7 @@
 """Runner: a scheduled Batch -> padded tensors -> one model forward -> logits of the sampled rows.
 
-PagedKVCache holds the K/V tensors of every physical block, one flat slot per token
-(slot = block_id * block_size + offset) plus a scratch slot that padding writes to and reads from.
+PagedKVCache holds the K/V tensors of every physical block (a token's slot is block_id * block_size
++ offset) plus a scratch block that padding writes to and reads from.
 The block bookkeeping is kv_cache.BlockManager's; the choice of what runs is the scheduler's.
 """
 
@@ -18,51 +18,57 @@ FAR = 1 << 30  # the position given to padding keys: above every query, so alway
 
 
 class PagedKVCache:
-    """K/V for num_blocks * block_size token slots per layer, [slots + 1, KV, D] (the last is scratch).
+    """K/V for num_blocks blocks of block_size tokens per layer, plus one scratch block that padding
+    tokens write to.
 
-    With `native`, a decode step's rope, cache write and attention run in zenlm's C kernel
-    (quant/kernels.c), which reads each row's own slots: no gather, no padding, no mask.
+    K is [blocks + 1, KV, D, bs] (transposed inside a block), V is [blocks + 1, KV, bs, D]: the
+    layout zenlm's C decode kernel (quant/kernels.c) reads directly, one row's own blocks at a time,
+    with no gather, padding or mask. The torch path (prefill chunks, or `native` off) gathers each
+    row's blocks into [B, KV, S, D] and masks what lies past the row's context.
     """
 
     def __init__(self, c: Config, num_blocks: int, block_size: int, dtype: torch.dtype, device, native: bool):
-        self.scratch = num_blocks * block_size
-        shape = (self.scratch + 1, c.num_kv_heads, c.head_dim)
-        # empty, not zeros: only written slots are read, and padding reads the scratch slot, which
-        # starts at zero and afterwards only ever holds (finite) padding keys: masked, weight 0
-        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(c.num_layers)]
-        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(c.num_layers)]
-        for t in self.k + self.v:
-            t[self.scratch].zero_()
-        self.heads, self.native = (c.num_heads, c.num_kv_heads, c.head_dim), native
-        self.write_slots = self.read_slots = self.key_pos = self.ctx = None
+        KV, D, bs = c.num_kv_heads, c.head_dim, block_size
+        # empty, not zeros (untouched pages cost no memory): the torch path zeroes what it gathers from
+        # past a row's context before attending (masked weights are 0, and 0 * NaN would not be)
+        self.k = [torch.empty(num_blocks + 1, KV, D, bs, dtype=dtype, device=device) for _ in range(c.num_layers)]
+        self.v = [torch.empty(num_blocks + 1, KV, bs, D, dtype=dtype, device=device) for _ in range(c.num_layers)]
+        self.scratch, self.block_size = num_blocks, bs
+        self.heads, self.native = (c.num_heads, KV, D), native
+        self.write_slots = self.tables = self.key_pos = self.ctx = None
 
-    def bind(self, write_slots: torch.Tensor, read_slots: torch.Tensor, key_pos: torch.Tensor,
+    def bind(self, write_slots: torch.Tensor, tables: torch.Tensor, key_pos: torch.Tensor,
              ctx: torch.Tensor) -> PagedKVCache:
-        """This step's layout: where each new token goes [B, T], which slots each row reads [B, S],
-        the position of each read key [B, S] and each row's context length [B]."""
-        self.write_slots, self.read_slots, self.key_pos, self.ctx = write_slots, read_slots, key_pos, ctx
+        """This step's layout: the slot of each new token [B, T] (block * bs + offset), each row's
+        blocks [B, nb], the position of each key they hold up to the longest context [B, S] (FAR past
+        the row's own) and each row's context length [B]."""
+        self.write_slots, self.tables, self.key_pos, self.ctx = write_slots, tables, key_pos, ctx
         return self
 
     def update(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         B, KV, T, D = k.shape
         w = self.write_slots.reshape(-1)
-        self.k[layer][w] = k.transpose(1, 2).reshape(B * T, KV, D).to(self.k[layer].dtype)
-        self.v[layer][w] = v.transpose(1, 2).reshape(B * T, KV, D).to(self.v[layer].dtype)
-        r = self.read_slots.reshape(-1)
-        keys = self.k[layer].index_select(0, r).view(B, -1, KV, D).transpose(1, 2)  # [B, KV, S, D]
-        values = self.v[layer].index_select(0, r).view(B, -1, KV, D).transpose(1, 2)
-        return keys.to(k.dtype), values.to(v.dtype), self.key_pos
+        blk, off = w // self.block_size, w % self.block_size
+        K, V = self.k[layer], self.v[layer]
+        K[blk, :, :, off] = k.transpose(1, 2).reshape(B * T, KV, D).to(K.dtype)
+        V[blk, :, off, :] = v.transpose(1, 2).reshape(B * T, KV, D).to(V.dtype)
+        t = self.tables
+        S = self.key_pos.shape[1]  # the longest context: a lone row attends to exactly its own keys
+        keys = K[t].permute(0, 2, 1, 4, 3).reshape(B, KV, -1, D)[:, :, :S]  # [B, nb, KV, D, bs] -> [B, KV, S, D]
+        values = V[t].permute(0, 2, 1, 3, 4).reshape(B, KV, -1, D)[:, :, :S]  # [B, nb, KV, bs, D] -> [B, KV, S, D]
+        pad = (self.key_pos == FAR)[:, None, :, None]  # past a row's context: never-written memory
+        return keys.masked_fill_(pad, 0).to(k.dtype), values.masked_fill_(pad, 0).to(v.dtype), self.key_pos
 
     def decode(self, layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, window: int | None):
         if not self.native or qkv.dtype != torch.float32:
             return None
         H, KV, D = self.heads
-        B, S = self.read_slots.shape
+        B, nb = self.tables.shape
         qkv, cos, sin = qkv.contiguous(), cos.float().contiguous(), sin.float().contiguous()
         out = torch.empty(B, H * D)
         k, v = self.k[layer], self.v[layer]
         lib().zen_attn_decode(qkv.data_ptr(), B, H, KV, D, cos.data_ptr(), sin.data_ptr(), k.data_ptr(),
-                              v.data_ptr(), k.dtype == torch.bfloat16, self.read_slots.data_ptr(), S,
+                              v.data_ptr(), k.dtype == torch.bfloat16, self.block_size, self.tables.data_ptr(), nb,
                               self.ctx.data_ptr(), window or 0, D ** -0.5, out.data_ptr())
         return out
 
@@ -77,28 +83,27 @@ class Runner:
     def run(self, batch: Batch) -> torch.Tensor:
         """Compute every scheduled chunk; return float32 logits [n, V] for batch.sampled, in order."""
         entries = batch.seqs
-        B = len(entries)
+        B, bs = len(entries), self.block_size
         T = max(e.num_tokens for e in entries)
-        S = max(e.context_len for e in entries)
-        bs, scratch = self.block_size, self.cache.scratch
+        nb = max(-(-e.context_len // bs) for e in entries)
+        scratch = self.cache.scratch
         tokens = torch.zeros(B, T, dtype=torch.long)
         positions = torch.zeros(B, T, dtype=torch.long)
-        write = torch.full((B, T), scratch, dtype=torch.long)
-        read = torch.full((B, S), scratch, dtype=torch.long)
-        key_pos = torch.full((B, S), FAR, dtype=torch.long)
+        write = torch.full((B, T), scratch * bs, dtype=torch.long)
+        tables = torch.full((B, nb), scratch, dtype=torch.long)
+        key_pos = torch.arange(max(e.context_len for e in entries)).repeat(B, 1)
         for i, e in enumerate(entries):
             n, ctx = e.num_tokens, e.context_len
             tokens[i, :n] = torch.tensor(e.token_ids)
             positions[i, :n] = torch.arange(e.start, e.start + n)
             write[i, :n] = torch.tensor(e.slot_mapping)
-            table = torch.tensor(e.block_table, dtype=torch.long)
-            p = torch.arange(ctx)
-            read[i, :ctx] = table[p // bs] * bs + p % bs
-            key_pos[i, :ctx] = p
+            used = -(-ctx // bs)
+            tables[i, :used] = torch.tensor(e.block_table[:used])
+            key_pos[i, ctx:] = FAR
         last = torch.tensor([e.num_tokens - 1 for e in entries])
         ctx = torch.tensor([e.context_len for e in entries])
         dev = self.device
-        cache = self.cache.bind(write.to(dev), read.to(dev), key_pos.to(dev), ctx.to(dev))
+        cache = self.cache.bind(write.to(dev), tables.to(dev), key_pos.to(dev), ctx.to(dev))
         logits = self.model(tokens.to(dev), positions.to(dev), cache, logit_index=last.to(dev))  # [B, V]
         rows = [i for i, e in enumerate(entries) if e.sample]
         return logits[rows].float()

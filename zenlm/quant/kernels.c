@@ -266,11 +266,30 @@ void zen_dequant_rows(const uint8_t *qs, const f16 *d, const f16 *mn, int bits, 
 
 /* ---- decode attention over the paged KV cache ---------------------------------------------------
  * One new token per sequence: rotate its q and k (cos/sin [B, D], rotate-half convention), write k
- * and v into the cache at the sequence's last read slot, then attend over its ctx[b] keys (the last
- * `window` only, when window > 0). qkv [B, (H + 2 KV) * D] float32 is rotated in place; the cache is
- * [slots, KV, D] float32 or bfloat16; slots [B, S] hold the cache slot of each position. */
-static inline __attribute__((always_inline)) float kv_at(const void *c, int bf16, size_t i) {
-    return bf16 ? bf16_to_f32(((const uint16_t *)c)[i]) : ((const float *)c)[i];
+ * and v into the cache, then attend over its ctx[b] keys (the last `window` only, when window > 0).
+ * qkv [B, (H + 2 KV) * D] float32 is rotated in place. The cache is paged in blocks of bs tokens,
+ * float32 or bfloat16: K [blocks, KV, D, bs] (transposed in the block, so the scores of a block's
+ * keys are one vector op per dimension), V [blocks, KV, bs, D]; tables [B, nb] list each row's
+ * blocks. Threads: one task per (row, kv head); the query heads of a group share every load. */
+static void exp_sub(float *x, int n, float mx) { /* x = exp(x - mx) */
+    int j = 0;
+#if ZEN_VNNI
+    const __m512 log2e = _mm512_set1_ps(1.4426950409f), m = _mm512_set1_ps(mx);
+    for (; j + 16 <= n; j += 16) { /* 2^t = 2^round(t) * 2^f, f in [-0.5, 0.5]: a degree-6 polynomial */
+        __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + j), m), log2e);
+        t = _mm512_max_ps(t, _mm512_set1_ps(-126.f));
+        __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), f = _mm512_sub_ps(t, r);
+        __m512 y = _mm512_set1_ps(1.5403530e-4f);
+        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.3333558e-3f));
+        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.6181291e-3f));
+        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.5504109e-2f));
+        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.4022650e-1f));
+        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.9314718e-1f));
+        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.f));
+        _mm512_storeu_ps(x + j, _mm512_scalef_ps(y, r));
+    }
+#endif
+    for (; j < n; j++) x[j] = expf(x[j] - mx);
 }
 
 static void rope(float *x, const float *cos, const float *sin, int D) {
@@ -282,53 +301,139 @@ static void rope(float *x, const float *cos, const float *sin, int D) {
     }
 }
 
+/* n values of a cache block, as float32: a pointer into the cache, or a converted copy in buf */
+static const float *as_f32(const void *c, int bf16, size_t at, int n, float *buf) {
+    if (!bf16) return (const float *)c + at;
+    const uint16_t *h = (const uint16_t *)c + at;
+#pragma omp simd
+    for (int i = 0; i < n; i++) {
+        uint32_t u = (uint32_t)h[i] << 16;
+        memcpy(buf + i, &u, 4);
+    }
+    return buf;
+}
+
+static inline void put(void *c, int bf16, size_t at, float v) {
+    if (bf16) ((uint16_t *)c)[at] = f32_to_bf16(v);
+    else ((float *)c)[at] = v;
+}
+
+#if ZEN_VNNI
+static inline __m512 load16(const void *c, int bf16, size_t at) { /* 16 cache values as float32 */
+    if (!bf16) return _mm512_loadu_ps((const float *)c + at);
+    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)c + at));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+/* The common case, blocks of 16 keys and at most 8 query heads per kv head: p [per, n] gets the
+ * scaled scores of keys [start, n); after the softmax, o [per, D] the weighted values. */
+static void scores16(const float *q, int per, int D, const void *kc, int bf16, const int64_t *table, int KV, int g,
+                     int start, int n, float scale, float *p) {
+    for (int c = start / 16; c * 16 < n; c++) {
+        const size_t base = ((size_t)table[c] * KV + g) * D * 16;
+        __m512 acc[8];
+        for (int h = 0; h < per; h++) acc[h] = _mm512_setzero_ps();
+        for (int i = 0; i < D; i++) {
+            const __m512 k = load16(kc, bf16, base + (size_t)i * 16);
+            for (int h = 0; h < per; h++) acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(q[h * D + i]), k, acc[h]);
+        }
+        const int t0 = start > c * 16 ? start - c * 16 : 0, t1 = n - c * 16 < 16 ? n - c * 16 : 16;
+        const __mmask16 keep = (__mmask16)(((1u << t1) - 1) & ~((1u << t0) - 1));
+        for (int h = 0; h < per; h++)
+            _mm512_mask_storeu_ps(p + (size_t)h * n + c * 16, keep, _mm512_mul_ps(acc[h], _mm512_set1_ps(scale)));
+    }
+}
+
+static void values16(const float *p, int per, int D, const void *vc, int bf16, const int64_t *table, int KV, int g,
+                     int start, int n, float *o) {
+    for (int i0 = 0; i0 < D; i0 += 16) {
+        __m512 acc[8];
+        for (int h = 0; h < per; h++) acc[h] = _mm512_setzero_ps();
+        for (int j = start; j < n; j++) {
+            const size_t at = (((size_t)table[j / 16] * KV + g) * 16 + j % 16) * D + i0;
+            const __m512 v = load16(vc, bf16, at);
+            for (int h = 0; h < per; h++) acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(p[(size_t)h * n + j]), v, acc[h]);
+        }
+        for (int h = 0; h < per; h++) _mm512_storeu_ps(o + (size_t)h * D + i0, acc[h]);
+    }
+}
+#endif
+
 void zen_attn_decode(float *qkv, int B, int H, int KV, int D, const float *cos, const float *sin,
-                     void *kc, void *vc, int kv_bf16, const int64_t *slots, int S, const int64_t *ctx,
+                     void *kc, void *vc, int kv_bf16, int bs, const int64_t *tables, int nb, const int64_t *ctx,
                      int window, float scale, float *out) {
     const int W = (H + 2 * KV) * D, per = H / KV;
     for (int b = 0; b < B; b++) { /* rotate and store the new token's k, v */
         float *row = qkv + (size_t)b * W;
         for (int h = 0; h < H + KV; h++) rope(row + h * D, cos + (size_t)b * D, sin + (size_t)b * D, D);
-        const size_t slot = (size_t)slots[(size_t)b * S + ctx[b] - 1];
-        for (int i = 0; i < KV * D; i++) {
-            float k = row[H * D + i], v = row[(H + KV) * D + i];
-            if (kv_bf16) {
-                ((uint16_t *)kc)[slot * KV * D + i] = f32_to_bf16(k);
-                ((uint16_t *)vc)[slot * KV * D + i] = f32_to_bf16(v);
-            } else {
-                ((float *)kc)[slot * KV * D + i] = k;
-                ((float *)vc)[slot * KV * D + i] = v;
+        const int64_t pos = ctx[b] - 1, blk = tables[(size_t)b * nb + pos / bs], off = pos % bs;
+        for (int g = 0; g < KV; g++)
+            for (int i = 0; i < D; i++) {
+                put(kc, kv_bf16, (((size_t)blk * KV + g) * D + i) * bs + off, row[(H + g) * D + i]);
+                put(vc, kv_bf16, (((size_t)blk * KV + g) * bs + off) * D + i, row[(H + KV + g) * D + i]);
             }
-        }
     }
 #pragma omp parallel for schedule(dynamic, 1) collapse(2)
     for (int b = 0; b < B; b++)
         for (int g = 0; g < KV; g++) {
-            const int n = (int)ctx[b], start = window > 0 && n > window ? n - window : 0, len = n - start;
+            const int n = (int)ctx[b], start = window > 0 && n > window ? n - window : 0;
             const float *q = qkv + (size_t)b * W + (size_t)g * per * D;
-            float *p = malloc(sizeof(float) * (size_t)per * len), acc[D];
-            for (int j = 0; j < len; j++) {
-                const size_t base = ((size_t)slots[(size_t)b * S + start + j] * KV + g) * D;
+            float *p = malloc(sizeof(float) * (size_t)per * n), *buf = malloc(sizeof(float) * (size_t)D * bs);
+            float *o = out + (size_t)b * H * D + (size_t)g * per * D;
+            const int fast = ZEN_VNNI && bs == 16 && D % 16 == 0 && per <= 8;
+#if ZEN_VNNI
+            if (fast) scores16(q, per, D, kc, kv_bf16, tables + (size_t)b * nb, KV, g, start, n, scale, p);
+#endif
+            for (int c = start / bs; !fast && c * bs < n; c++) { /* scores, a block of keys at a time */
+                const int t0 = start > c * bs ? start - c * bs : 0, t1 = n - c * bs < bs ? n - c * bs : bs;
+                const size_t blk = (size_t)tables[(size_t)b * nb + c];
+                const float *k = as_f32(kc, kv_bf16, (blk * KV + g) * D * bs, D * bs, buf);
                 for (int h = 0; h < per; h++) {
-                    float s = 0.f;
-#pragma omp simd reduction(+ : s)
-                    for (int i = 0; i < D; i++) s += q[h * D + i] * kv_at(kc, kv_bf16, base + i);
-                    p[(size_t)h * len + j] = s * scale;
-                }
-            }
-            for (int h = 0; h < per; h++) {
-                float *ph = p + (size_t)h * len, mx = -INFINITY, sum = 0.f;
-                for (int j = 0; j < len; j++) mx = ph[j] > mx ? ph[j] : mx;
-                for (int j = 0; j < len; j++) { ph[j] = expf(ph[j] - mx); sum += ph[j]; }
-                for (int i = 0; i < D; i++) acc[i] = 0.f;
-                for (int j = 0; j < len; j++) {
-                    const size_t base = ((size_t)slots[(size_t)b * S + start + j] * KV + g) * D;
-                    const float w = ph[j] / sum;
+                    float *ph = p + (size_t)h * n + c * bs;
+                    for (int t = t0; t < t1; t++) ph[t] = 0.f;
+                    for (int i = 0; i < D; i++) {
+                        const float qi = q[h * D + i] * scale, *ki = k + (size_t)i * bs;
 #pragma omp simd
-                    for (int i = 0; i < D; i++) acc[i] += w * kv_at(vc, kv_bf16, base + i);
+                        for (int t = t0; t < t1; t++) ph[t] += qi * ki[t];
+                    }
                 }
-                memcpy(out + (size_t)b * H * D + (size_t)(g * per + h) * D, acc, sizeof(float) * D);
             }
-            free(p);
+            for (int h = 0; h < per; h++) { /* softmax, normalised up front */
+                float *ph = p + (size_t)h * n, mx = -INFINITY, sum = 0.f;
+                for (int j = start; j < n; j++) mx = ph[j] > mx ? ph[j] : mx;
+                exp_sub(ph + start, n - start, mx);
+                for (int j = start; j < n; j++) sum += ph[j];
+                for (int j = start; j < n; j++) ph[j] /= sum;
+                for (int i = 0; i < D; i++) o[h * D + i] = 0.f;
+            }
+#if ZEN_VNNI
+            if (fast) values16(p, per, D, vc, kv_bf16, tables + (size_t)b * nb, KV, g, start, n, o);
+#endif
+            for (int c = start / bs; !fast && c * bs < n; c++) { /* the weighted sum of values */
+                const int t0 = start > c * bs ? start - c * bs : 0, t1 = n - c * bs < bs ? n - c * bs : bs;
+                const size_t blk = (size_t)tables[(size_t)b * nb + c];
+                const float *v = as_f32(vc, kv_bf16, (blk * KV + g) * bs * D, D * bs, buf);
+                for (int h = 0; h < per; h++)
+                    for (int t = t0; t < t1; t++) {
+                        const float w = p[(size_t)h * n + c * bs + t], *vt = v + (size_t)t * D;
+#pragma omp simd
+                        for (int i = 0; i < D; i++) o[h * D + i] += w * vt[i];
+                    }
+            }
+            free(p); free(buf);
         }
+}
+
+/* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, for float32 rows [rows, dim] */
+void zen_rmsnorm(const float *x, const float *w, float eps, int rows, int dim, float *out) {
+#pragma omp parallel for schedule(static) if (rows > 4)
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * dim;
+        float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+        for (int i = 0; i < dim; i++) ss += xr[i] * xr[i];
+        const float inv = 1.f / sqrtf(ss / dim + eps);
+#pragma omp simd
+        for (int i = 0; i < dim; i++) out[(size_t)r * dim + i] = xr[i] * inv * w[i];
+    }
 }

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from zenlm.config import Config
 from zenlm.model import RMSNorm, Transformer
 from zenlm.quant.linear import QEmbedding, QLinear, is_quantized, quantize_linear
+from zenlm.quant.norm import NativeRMSNorm
 from zenlm.tokenizer import Tokenizer
 from zenlm.weights.gguf import GGUFCheckpoint
 from zenlm.weights import prequantized
@@ -71,9 +72,10 @@ def load(name: str | Path | None = "default", dtype: torch.dtype = torch.float32
         model = build(config, bar, src.path, dtype, device, quant)
         if cached is not None:
             prequantized.save(model, cached)
-    for m in model.modules():  # quantized models aim for speed: one fused kernel per norm
-        if isinstance(m, RMSNorm):
-            m.fused = quant is not None
+    if quant:  # quantized models aim for speed: the norms on the C kernel too
+        for name, m in list(model.named_modules()):
+            if isinstance(m, RMSNorm):
+                model.set_submodule(name, NativeRMSNorm(m.weight, m.eps))
     return Loaded(config, model, tokenizer, gen, src.path)
 
 
