@@ -93,6 +93,10 @@ def test_health_is_open_and_v1_needs_the_key(server):
     r = httpx.post(server["url"] + "/api/chat", json={"model": "default", "messages": []})
     assert r.status_code == 401
     assert httpx.get(server["url"] + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    preflight = httpx.options(server["url"] + "/v1/chat/completions", headers={
+        "Origin": "http://example.test", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] in ("*", "http://example.test")
 
 
 def test_models_and_tokenizer_routes(client, http):
@@ -336,6 +340,13 @@ def metric(http, name: str) -> float:
     return float(m.group(1))
 
 
+def wait_idle(http):
+    deadline = time.time() + 30
+    while metric(http, "zen_num_requests_running") and time.time() < deadline:
+        time.sleep(0.2)
+    assert metric(http, "zen_num_requests_running") == 0 and metric(http, "zen_kv_cache_usage_ratio") == 0
+
+
 def test_disconnect_aborts_and_metrics(http):
     body = {"model": "default", "messages": [{"role": "user", "content": "Count to ten thousand."}],
             "max_tokens": 4000, "ignore_eos": True, "stream": True}
@@ -344,10 +355,10 @@ def test_disconnect_aborts_and_metrics(http):
         got = [next(lines) for _ in range(6)]
         assert any(line.startswith("data: ") for line in got)
         assert metric(http, "zen_num_requests_running") == 1
-    deadline = time.time() + 30
-    while metric(http, "zen_num_requests_running") and time.time() < deadline:
-        time.sleep(0.2)
-    assert metric(http, "zen_num_requests_running") == 0 and metric(http, "zen_kv_cache_usage_ratio") == 0
+    wait_idle(http)
+    with pytest.raises(httpx.ReadTimeout):  # a non-streamed request whose client gives up
+        http.post("/v1/chat/completions", json={**body, "stream": False}, timeout=3)
+    wait_idle(http)
     assert metric(http, "zen_generation_tokens_total") > 0
     assert metric(http, "zen_time_to_first_token_seconds_count") > 0
     assert metric(http, "zen_prefix_cache_hits_total") > 0

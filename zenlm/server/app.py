@@ -8,12 +8,14 @@ need `Authorization: Bearer KEY`; /health, /metrics and the page stay open.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import Field
@@ -41,26 +43,52 @@ class DetokenizeRequest(_Model):
     tokens: list[int] = Field(default_factory=list)
 
 
+class AuthAndCount:
+    """ASGI middleware: the API-key check and the per-route request counter. Plain ASGI (not
+    BaseHTTPMiddleware) so that routes still see a client's disconnect and streams pass straight through."""
+
+    def __init__(self, app, state: ServerState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path, state = scope["path"], self.state
+        counter = state.metrics.requests
+        if state.api_key and path.startswith(PROTECTED) and scope["method"] != "OPTIONS":  # CORS preflights pass
+            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            scheme, _, token = header.partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), state.api_key.encode()):
+                counter.labels(route=_route(path), status="401").inc()
+                response = errors.response(Request(scope), "missing or wrong API key: send Authorization: Bearer <key>",
+                                           401, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+                return await response(scope, receive, send)
+        status = 500
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        except asyncio.CancelledError:  # shutdown cancelled a request still running: one line, no traceback
+            errors.log.warning("%s cancelled by shutdown", path)
+            status = 499
+        finally:
+            counter.labels(route=_route(path), status=str(status)).inc()
+
+
 def create_app(state: ServerState) -> FastAPI:
     app = FastAPI(title="zen serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.zen = state
     started = int(time.time())
     errors.install(app)
 
-    @app.middleware("http")
-    async def auth_and_count(request: Request, call_next):
-        path = request.url.path
-        if state.api_key and path.startswith(PROTECTED):
-            header = request.headers.get("authorization", "")
-            scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), state.api_key.encode()):
-                state.metrics.requests.labels(route=_route(path), status="401").inc()
-                return errors.response(request, "missing or wrong API key: send Authorization: Bearer <key>", 401,
-                                       code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-        response = await call_next(request)
-        state.metrics.requests.labels(route=_route(path), status=str(response.status_code)).inc()
-        return response
-
+    app.add_middleware(AuthAndCount, state=state)
+    # browsers on other origins may call the API (the key, when set, still guards it)
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(ollama.router)
