@@ -9,8 +9,8 @@ ALLOWED = {
     "zenlm.config": set(),
     "zenlm.tokenizer": set(),
     "zenlm.model": {"zenlm.config"},
-    "zenlm.weights": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.quant"},  # quantize on load
-    "zenlm.quant": {"zenlm.config", "zenlm.model"},
+    "zenlm.weights": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.quant", "zenlm.cache"},  # quantize on load
+    "zenlm.quant": {"zenlm.config", "zenlm.model", "zenlm.cache"},
     # weights: llm.py only; quant: the C decode-attention kernel the paged cache calls
     "zenlm.engine": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights", "zenlm.quant"},
 }

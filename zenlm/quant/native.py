@@ -17,6 +17,8 @@ import tempfile
 from functools import cache
 from pathlib import Path
 
+from zenlm.cache import cache_dir
+
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC", "-std=c11"]
 
@@ -44,8 +46,6 @@ def lib() -> ctypes.CDLL | None:
     if os.environ.get("ZEN_NO_NATIVE"):
         return None
     import torch  # noqa: F401  (loads torch's OpenMP runtime first, so the kernels share its threads)
-
-    from zenlm.weights.registry import cache_dir
 
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if cc is None:

