@@ -99,6 +99,11 @@ def test_batched_equals_alone_with_chunked_prefill(model, tokenizer):
     assert run(eng, ps) == alone
 
 
+def test_a_prompt_longer_than_the_step_budget_is_prefilled_in_chunks(model, tokenizer):
+    p = prompts(1, seed=7)[0] * 3  # steps that sample nothing: only a partial prefill chunk
+    assert run(engine(model, tokenizer, max_num_batched_tokens=16), [p]) == run(engine(model, tokenizer), [p])
+
+
 def test_prefix_cache_hit_gives_the_same_output(model, tokenizer):
     eng = engine(model, tokenizer, block_size=4)
     system = list(range(40, 80))

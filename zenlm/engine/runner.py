@@ -81,8 +81,24 @@ class Runner:
 
     @torch.inference_mode()
     def run(self, batch: Batch) -> torch.Tensor:
-        """Compute every scheduled chunk; return float32 logits [n, V] for batch.sampled, in order."""
+        """Compute every scheduled chunk; return float32 logits [n, V] for batch.sampled, in order.
+
+        The decode rows (one token each) run together as one forward; each prefill chunk runs on
+        its own, so no row is ever padded to another's length."""
         entries = batch.seqs
+        decodes = [i for i, e in enumerate(entries) if e.num_tokens == 1]
+        groups = ([decodes] if decodes else []) + [[i] for i, e in enumerate(entries) if e.num_tokens > 1]
+        logits: list[torch.Tensor | None] = [None] * len(entries)
+        for g in groups:
+            for i, row in zip(g, self._forward([entries[i] for i in g])):
+                logits[i] = row
+        rows = [logits[i] for i, e in enumerate(entries) if e.sample]
+        if not rows:  # only partial prefill chunks this step
+            return torch.empty(0, self.model.config.vocab_size)
+        return torch.stack(rows).float()
+
+    def _forward(self, entries: list) -> torch.Tensor:
+        """One model forward over rows padded to the longest: logits [B, V] of each row's last token."""
         B, bs = len(entries), self.block_size
         T = max(e.num_tokens for e in entries)
         nb = max(-(-e.context_len // bs) for e in entries)
@@ -104,6 +120,4 @@ class Runner:
         ctx = torch.tensor([e.context_len for e in entries])
         dev = self.device
         cache = self.cache.bind(write.to(dev), tables.to(dev), key_pos.to(dev), ctx.to(dev))
-        logits = self.model(tokens.to(dev), positions.to(dev), cache, logit_index=last.to(dev))  # [B, V]
-        rows = [i for i, e in enumerate(entries) if e.sample]
-        return logits[rows].float()
+        return self.model(tokens.to(dev), positions.to(dev), cache, logit_index=last.to(dev))  # [B, V]
