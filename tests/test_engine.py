@@ -74,11 +74,11 @@ def prompts(k=6, seed=0):
 def test_paged_decoding_equals_full_recompute(model, tokenizer):
     ps = prompts(3)
     eng = engine(model, tokenizer)
-    assert eng.runner.cache.native  # decode steps of a fused model go through the C kernel
+    assert eng.runner.cache.native  # a fused model's attention goes through the C kernel
     assert run(eng, ps) == [reference(model, p, 12) for p in ps]
 
 
-def test_native_decode_attention_equals_torch_attention(model, tokenizer):
+def test_native_attention_equals_torch_attention(model, tokenizer):
     ps = prompts(4, seed=5)
     native, plain = engine(model, tokenizer), engine(model, tokenizer)
     plain.runner.cache.native = False

@@ -114,13 +114,13 @@ class Rotary(nn.Module):
 # A cache is anything with update(layer, positions, k, v) -> (keys, values, key_positions): it stores
 # this step's k, v [B, KV, T, D] and returns what the queries attend to, [B, KV, S, D] each, with the
 # position of every key [B, S]. Keys at a position above a query's are masked (padding: a huge position).
-# decode(layer, qkv [B, W], cos, sin [B, D], window) may instead run one decode step's rope, cache write
-# and attention itself and return [B, H * D], or return None.
+# attend(layer, qkv [B, T, W], cos, sin [B, T, D], window) may instead run rope, the cache write and
+# attention itself and return [B, T, H * D], or return None.
 class KVCache:
     """Contiguous per-layer K/V buffers [B, KV, S, D]; the token at position p lives in slot p."""
 
-    def decode(self, layer, qkv, cos, sin, window) -> torch.Tensor | None:
-        return None  # no fused decode attention here: Attention takes its general path
+    def attend(self, layer, qkv, cos, sin, window) -> torch.Tensor | None:
+        return None  # no fused attention here: Attention takes its general path
 
     def __init__(self, c: Config, batch: int, max_len: int, dtype: torch.dtype, device: torch.device | str):
         shape = (batch, c.num_kv_heads, max_len, c.head_dim)
@@ -157,10 +157,10 @@ class Attention(nn.Module):
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         else:
             qkv = self.qkv_proj(x)  # [B, T, (H + 2 KV) * D]
-            if T == 1 and cache is not None:  # a cache may run a whole decode step's attention itself
-                out = cache.decode(self.layer, qkv.view(B, -1), cos.view(B, -1), sin.view(B, -1), self.window)
+            if cache is not None and docs is None:  # a cache may run rope, its write and attention itself
+                out = cache.attend(self.layer, qkv, cos, sin, self.window)  # [B, T, H * D] or None
                 if out is not None:
-                    return self.o_proj(out.view(B, 1, -1))
+                    return self.o_proj(out)
             q, k, v = qkv.split([self.h * self.d, self.kv * self.d, self.kv * self.d], dim=-1)
         q = q.view(B, T, self.h, self.d).transpose(1, 2)  # [B, H, T, D]
         k = k.view(B, T, self.kv, self.d).transpose(1, 2)  # [B, KV, T, D]

@@ -22,9 +22,9 @@ class PagedKVCache:
     tokens write to.
 
     K is [blocks + 1, KV, D, bs] (transposed inside a block), V is [blocks + 1, KV, bs, D]: the
-    layout zenlm's C decode kernel (quant/kernels.c) reads directly, one row's own blocks at a time,
-    with no gather, padding or mask. The torch path (prefill chunks, or `native` off) gathers each
-    row's blocks into [B, KV, S, D] and masks what lies past the row's context.
+    layout zenlm's C attention kernel (quant/kernels.c) reads directly, one row's own blocks at a
+    time, with no gather, padding or mask. The torch path (models without fused q/k/v, or `native`
+    off) gathers each row's blocks into [B, KV, S, D] and masks what lies past the row's context.
     """
 
     def __init__(self, c: Config, num_blocks: int, block_size: int, dtype: torch.dtype, device, native: bool):
@@ -59,17 +59,20 @@ class PagedKVCache:
         pad = (self.key_pos == FAR)[:, None, :, None]  # past a row's context: never-written memory
         return keys.masked_fill_(pad, 0).to(k.dtype), values.masked_fill_(pad, 0).to(v.dtype), self.key_pos
 
-    def decode(self, layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, window: int | None):
+    def attend(self, layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, window: int | None):
+        """Rope, cache write and attention in the C kernel, for rows that all add T tokens (a decode
+        batch, or one prefill chunk: the runner never pads under `native`); None: take torch's path."""
         if not self.native or qkv.dtype != torch.float32:
             return None
         H, KV, D = self.heads
-        B, nb = self.tables.shape
+        B, T, _ = qkv.shape
+        nb = self.tables.shape[1]
         qkv, cos, sin = qkv.contiguous(), cos.float().contiguous(), sin.float().contiguous()
-        out = torch.empty(B, H * D)
+        out = torch.empty(B, T, H * D)
         k, v = self.k[layer], self.v[layer]
-        lib().zen_attn_decode(qkv.data_ptr(), B, H, KV, D, cos.data_ptr(), sin.data_ptr(), k.data_ptr(),
-                              v.data_ptr(), k.dtype == torch.bfloat16, self.block_size, self.tables.data_ptr(), nb,
-                              self.ctx.data_ptr(), window or 0, D ** -0.5, out.data_ptr())
+        lib().zen_attention(qkv.data_ptr(), B, T, H, KV, D, cos.data_ptr(), sin.data_ptr(), k.data_ptr(),
+                            v.data_ptr(), k.dtype == torch.bfloat16, self.block_size, self.tables.data_ptr(), nb,
+                            self.ctx.data_ptr(), window or 0, D ** -0.5, out.data_ptr())
         return out
 
 

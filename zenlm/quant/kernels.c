@@ -264,13 +264,16 @@ void zen_dequant_rows(const uint8_t *qs, const f16 *d, const f16 *mn, int bits, 
     }
 }
 
-/* ---- decode attention over the paged KV cache ---------------------------------------------------
- * One new token per sequence: rotate its q and k (cos/sin [B, D], rotate-half convention), write k
- * and v into the cache, then attend over its ctx[b] keys (the last `window` only, when window > 0).
- * qkv [B, (H + 2 KV) * D] float32 is rotated in place. The cache is paged in blocks of bs tokens,
+/* ---- attention over the paged KV cache -----------------------------------------------------------
+ * B rows of T new tokens each (a decode batch: T = 1; a prefill chunk: B = 1). Row b's tokens sit
+ * at positions ctx[b] - T .. ctx[b] - 1: rotate their q and k (cos/sin [B, T, D], rotate-half
+ * convention), write k and v into the cache, then let each query attend to the keys at or before
+ * its position (the last `window` only, when window > 0). Every query row is computed on its own,
+ * so a result never depends on how tokens were batched or chunked. qkv [B, T, (H + 2 KV) * D]
+ * float32 is rotated in place; out is [B, T, H * D]. The cache is paged in blocks of bs tokens,
  * float32 or bfloat16: K [blocks, KV, D, bs] (transposed in the block, so the scores of a block's
  * keys are one vector op per dimension), V [blocks, KV, bs, D]; tables [B, nb] list each row's
- * blocks. Threads: one task per (row, kv head); the query heads of a group share every load. */
+ * blocks. Threads: one task per (row, token, kv head); a group's query heads share every load. */
 static void exp_sub(float *x, int n, float mx) { /* x = exp(x - mx) */
     int j = 0;
 #if ZEN_VNNI
@@ -359,69 +362,72 @@ static void values16(const float *p, int per, int D, const void *vc, int bf16, c
 }
 #endif
 
-void zen_attn_decode(float *qkv, int B, int H, int KV, int D, const float *cos, const float *sin,
-                     void *kc, void *vc, int kv_bf16, int bs, const int64_t *tables, int nb, const int64_t *ctx,
-                     int window, float scale, float *out) {
+void zen_attention(float *qkv, int B, int T, int H, int KV, int D, const float *cos, const float *sin,
+                   void *kc, void *vc, int kv_bf16, int bs, const int64_t *tables, int nb, const int64_t *ctx,
+                   int window, float scale, float *out) {
     const int W = (H + 2 * KV) * D, per = H / KV;
-    for (int b = 0; b < B; b++) { /* rotate and store the new token's k, v */
-        float *row = qkv + (size_t)b * W;
-        for (int h = 0; h < H + KV; h++) rope(row + h * D, cos + (size_t)b * D, sin + (size_t)b * D, D);
-        const int64_t pos = ctx[b] - 1, blk = tables[(size_t)b * nb + pos / bs], off = pos % bs;
-        for (int g = 0; g < KV; g++)
-            for (int i = 0; i < D; i++) {
-                put(kc, kv_bf16, (((size_t)blk * KV + g) * D + i) * bs + off, row[(H + g) * D + i]);
-                put(vc, kv_bf16, (((size_t)blk * KV + g) * bs + off) * D + i, row[(H + KV + g) * D + i]);
-            }
-    }
-#pragma omp parallel for schedule(dynamic, 1) collapse(2)
+    for (int b = 0; b < B; b++) /* rotate and store the new tokens' k, v */
+        for (int t = 0; t < T; t++) {
+            const size_t r = (size_t)b * T + t;
+            float *row = qkv + r * W;
+            for (int h = 0; h < H + KV; h++) rope(row + h * D, cos + r * D, sin + r * D, D);
+            const int64_t pos = ctx[b] - T + t, blk = tables[(size_t)b * nb + pos / bs], off = pos % bs;
+            for (int g = 0; g < KV; g++)
+                for (int i = 0; i < D; i++) {
+                    put(kc, kv_bf16, (((size_t)blk * KV + g) * D + i) * bs + off, row[(H + g) * D + i]);
+                    put(vc, kv_bf16, (((size_t)blk * KV + g) * bs + off) * D + i, row[(H + KV + g) * D + i]);
+                }
+        }
+#pragma omp parallel for schedule(dynamic, 1) collapse(3)
     for (int b = 0; b < B; b++)
-        for (int g = 0; g < KV; g++) {
-            const int n = (int)ctx[b], start = window > 0 && n > window ? n - window : 0;
-            const float *q = qkv + (size_t)b * W + (size_t)g * per * D;
-            float *p = malloc(sizeof(float) * (size_t)per * n), *buf = malloc(sizeof(float) * (size_t)D * bs);
-            float *o = out + (size_t)b * H * D + (size_t)g * per * D;
-            const int fast = ZEN_VNNI && bs == 16 && D % 16 == 0 && per <= 8;
+        for (int t = 0; t < T; t++)
+            for (int g = 0; g < KV; g++) {
+                const size_t r = (size_t)b * T + t;
+                const int n = (int)(ctx[b] - T + t + 1), start = window > 0 && n > window ? n - window : 0;
+                const int64_t *table = tables + (size_t)b * nb;
+                const float *q = qkv + r * W + (size_t)g * per * D;
+                float *p = malloc(sizeof(float) * (size_t)per * n), *buf = malloc(sizeof(float) * (size_t)D * bs);
+                float *o = out + r * H * D + (size_t)g * per * D;
+                const int fast = ZEN_VNNI && bs == 16 && D % 16 == 0 && per <= 8;
 #if ZEN_VNNI
-            if (fast) scores16(q, per, D, kc, kv_bf16, tables + (size_t)b * nb, KV, g, start, n, scale, p);
+                if (fast) scores16(q, per, D, kc, kv_bf16, table, KV, g, start, n, scale, p);
 #endif
-            for (int c = start / bs; !fast && c * bs < n; c++) { /* scores, a block of keys at a time */
-                const int t0 = start > c * bs ? start - c * bs : 0, t1 = n - c * bs < bs ? n - c * bs : bs;
-                const size_t blk = (size_t)tables[(size_t)b * nb + c];
-                const float *k = as_f32(kc, kv_bf16, (blk * KV + g) * D * bs, D * bs, buf);
-                for (int h = 0; h < per; h++) {
-                    float *ph = p + (size_t)h * n + c * bs;
-                    for (int t = t0; t < t1; t++) ph[t] = 0.f;
-                    for (int i = 0; i < D; i++) {
-                        const float qi = q[h * D + i] * scale, *ki = k + (size_t)i * bs;
+                for (int c = start / bs; !fast && c * bs < n; c++) { /* scores, a block of keys at a time */
+                    const int t0 = start > c * bs ? start - c * bs : 0, t1 = n - c * bs < bs ? n - c * bs : bs;
+                    const float *k = as_f32(kc, kv_bf16, ((size_t)table[c] * KV + g) * D * bs, D * bs, buf);
+                    for (int h = 0; h < per; h++) {
+                        float *ph = p + (size_t)h * n + c * bs;
+                        for (int j = t0; j < t1; j++) ph[j] = 0.f;
+                        for (int i = 0; i < D; i++) {
+                            const float qi = q[h * D + i] * scale, *ki = k + (size_t)i * bs;
 #pragma omp simd
-                        for (int t = t0; t < t1; t++) ph[t] += qi * ki[t];
+                            for (int j = t0; j < t1; j++) ph[j] += qi * ki[j];
+                        }
                     }
                 }
-            }
-            for (int h = 0; h < per; h++) { /* softmax, normalised up front */
-                float *ph = p + (size_t)h * n, mx = -INFINITY, sum = 0.f;
-                for (int j = start; j < n; j++) mx = ph[j] > mx ? ph[j] : mx;
-                exp_sub(ph + start, n - start, mx);
-                for (int j = start; j < n; j++) sum += ph[j];
-                for (int j = start; j < n; j++) ph[j] /= sum;
-                for (int i = 0; i < D; i++) o[h * D + i] = 0.f;
-            }
+                for (int h = 0; h < per; h++) { /* softmax, normalised up front */
+                    float *ph = p + (size_t)h * n, mx = -INFINITY, sum = 0.f;
+                    for (int j = start; j < n; j++) mx = ph[j] > mx ? ph[j] : mx;
+                    exp_sub(ph + start, n - start, mx);
+                    for (int j = start; j < n; j++) sum += ph[j];
+                    for (int j = start; j < n; j++) ph[j] /= sum;
+                    for (int i = 0; i < D; i++) o[h * D + i] = 0.f;
+                }
 #if ZEN_VNNI
-            if (fast) values16(p, per, D, vc, kv_bf16, tables + (size_t)b * nb, KV, g, start, n, o);
+                if (fast) values16(p, per, D, vc, kv_bf16, table, KV, g, start, n, o);
 #endif
-            for (int c = start / bs; !fast && c * bs < n; c++) { /* the weighted sum of values */
-                const int t0 = start > c * bs ? start - c * bs : 0, t1 = n - c * bs < bs ? n - c * bs : bs;
-                const size_t blk = (size_t)tables[(size_t)b * nb + c];
-                const float *v = as_f32(vc, kv_bf16, (blk * KV + g) * bs * D, D * bs, buf);
-                for (int h = 0; h < per; h++)
-                    for (int t = t0; t < t1; t++) {
-                        const float w = p[(size_t)h * n + c * bs + t], *vt = v + (size_t)t * D;
+                for (int c = start / bs; !fast && c * bs < n; c++) { /* the weighted sum of values */
+                    const int t0 = start > c * bs ? start - c * bs : 0, t1 = n - c * bs < bs ? n - c * bs : bs;
+                    const float *v = as_f32(vc, kv_bf16, ((size_t)table[c] * KV + g) * bs * D, D * bs, buf);
+                    for (int h = 0; h < per; h++)
+                        for (int j = t0; j < t1; j++) {
+                            const float w = p[(size_t)h * n + c * bs + j], *vj = v + (size_t)j * D;
 #pragma omp simd
-                        for (int i = 0; i < D; i++) o[h * D + i] += w * vt[i];
-                    }
+                            for (int i = 0; i < D; i++) o[h * D + i] += w * vj[i];
+                        }
+                }
+                free(p); free(buf);
             }
-            free(p); free(buf);
-        }
 }
 
 /* out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * w, for float32 rows [rows, dim] */

@@ -28,7 +28,7 @@ SIGNATURES = {
     "zen_linear": ([P, I, I, I, P, P, P, I, I, P, P, I], None),
     "zen_quantize": ([P, I, I, I, P, P, P], None),
     "zen_dequant_rows": ([P, P, P, I, I, P, I, P], None),
-    "zen_attn_decode": ([P, I, I, I, I, P, P, P, P, I, I, P, I, P, I, F, P], None),
+    "zen_attention": ([P, I, I, I, I, I, P, P, P, P, I, I, P, I, P, I, F, P], None),
     "zen_rmsnorm": ([P, P, F, I, I, P], None),
 }
 
