@@ -352,10 +352,14 @@ static void values16(const float *p, int per, int D, const void *vc, int bf16, c
     for (int i0 = 0; i0 < D; i0 += 16) {
         __m512 acc[8];
         for (int h = 0; h < per; h++) acc[h] = _mm512_setzero_ps();
-        for (int j = start; j < n; j++) {
-            const size_t at = (((size_t)table[j / 16] * KV + g) * 16 + j % 16) * D + i0;
-            const __m512 v = load16(vc, bf16, at);
-            for (int h = 0; h < per; h++) acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(p[(size_t)h * n + j]), v, acc[h]);
+        for (int c = start / 16; c * 16 < n; c++) {
+            const int t0 = start > c * 16 ? start - c * 16 : 0, t1 = n - c * 16 < 16 ? n - c * 16 : 16;
+            const size_t base = ((size_t)table[c] * KV + g) * 16 * D + i0;
+            const float *pc = p + c * 16;
+            for (int t = t0; t < t1; t++) {
+                const __m512 v = load16(vc, bf16, base + (size_t)t * D);
+                for (int h = 0; h < per; h++) acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(pc[(size_t)h * n + t]), v, acc[h]);
+            }
         }
         for (int h = 0; h < per; h++) _mm512_storeu_ps(o + (size_t)h * D + i0, acc[h]);
     }
