@@ -327,6 +327,10 @@ def test_bad_input_gets_openai_errors(http):
     assert_error(http.post("/v1/completions", json={"model": "default", "prompt": [], "max_tokens": 2}), 400, "prompt")
     assert_error(http.post("/v1/completions", json={"model": "default", "prompt": [10**7], "max_tokens": 2}), 400)
     assert_error(http.post("/v1/chat/completions", json=[1, 2]), 400)
+    many = {"model": "default", "prompt": [[100, 101]] * 40, "n": 8, "max_tokens": 2}
+    assert_error(http.post("/v1/completions", json=many), 400, "320 completions")
+    scored = {"model": "default", "prompt": [100] * 5000, "max_tokens": 0, "echo": True, "logprobs": 1}
+    assert_error(http.post("/v1/completions", json=scored), 400, "4096", "5000 tokens")
     assert http.get("/health").json() == {"status": "ok"}
     assert http.post("/v1/chat/completions", json=chat).status_code == 200  # still serving
 

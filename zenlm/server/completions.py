@@ -27,6 +27,8 @@ from zenlm.server.protocol import (
 
 router = APIRouter()
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for this endpoint
+MAX_CHOICES = 256  # prompts x n per request
+MAX_SCORED = 4096  # prompt tokens echo + logprobs scores in one pass (its logits are [T, vocab])
 
 
 def prompt_ids(state: ServerState, req: CompletionRequest) -> list[list[int]]:
@@ -34,6 +36,9 @@ def prompt_ids(state: ServerState, req: CompletionRequest) -> list[list[int]]:
         prompts = req.prompts()
     except ValueError as e:
         raise APIError(str(e), 400, "prompt") from e
+    if len(prompts) * req.n > MAX_CHOICES:
+        raise APIError(f"{len(prompts)} prompts x n={req.n} is {len(prompts) * req.n} completions; "
+                       f"at most {MAX_CHOICES} per request", 400, "prompt")
     out = []
     vocab = state.tokenizer.vocab_size
     for p in prompts:
@@ -41,6 +46,9 @@ def prompt_ids(state: ServerState, req: CompletionRequest) -> list[list[int]]:
         if any(not 0 <= t < vocab for t in ids):
             raise APIError(f"prompt token ids must be in 0..{vocab - 1}", 400, "prompt")
         check_prompt(state, len(ids), "prompt")
+        if req.echo and req.logprobs is not None and len(ids) > MAX_SCORED:
+            raise APIError(f"echo with logprobs scores prompts of at most {MAX_SCORED} tokens; this one is "
+                           f"{len(ids)} tokens", 400, "prompt")
         out.append(ids)
     return out
 
