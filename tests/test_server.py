@@ -99,6 +99,13 @@ def test_health_is_open_and_v1_needs_the_key(server):
     assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] in ("*", "http://example.test")
 
 
+def test_port_in_use_fails_fast(server):
+    port = server["url"].rsplit(":", 1)[1]
+    r = subprocess.run([sys.executable, "-m", "zenlm", "serve", "--port", port], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1 and r.stderr.strip() == f"zen: error: cannot listen on 127.0.0.1:{port}: Address already in use"
+
+
 def test_models_and_tokenizer_routes(client, http):
     models = client.models.list().data
     assert [m.id for m in models] == ["default"]

@@ -7,6 +7,7 @@ then cancel what is left (which aborts their sequences) before the engine loop i
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 
 GRACE_S = 5  # seconds in-flight requests get to finish on shutdown
@@ -24,6 +25,7 @@ def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, api
 
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {port}")
+    _check_bind(host, port)  # fail in a second, not after loading the model
     engine = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max(512, max_num_seqs))
     llm = AsyncLLM(model, dtype=dtype, device=device, progress=sys.stderr.isatty(), engine=engine)
     state = ServerState(llm, served_name or model, api_key or None)
@@ -53,3 +55,13 @@ def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, api
         raise OSError(f"could not listen on {host}:{port}")
     print("zen serve: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _check_bind(host: str, port: int) -> None:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise OSError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
