@@ -3,7 +3,7 @@
 Grammars builds a grammar (JSON schema, or a Lark grammar of `<tool_call>` blocks) and a logits
 processor per request that masks every token the grammar forbids; once the grammar is complete only
 end-of-turn tokens remain. llguidance was chosen over xgrammar (which needs transformers and triton
-at run time) and outlines-core (hundreds of ms to index each schema); see the server tests' notes.
+at run time) and outlines-core (hundreds of ms to index each schema): benchmarks/grammar_engines.py.
 """
 
 from __future__ import annotations
