@@ -71,6 +71,8 @@ def load(name: str | Path | None = "default", dtype: torch.dtype = torch.float32
                    leave=False)
         model = build(config, bar, src.path, dtype, device, quant)
         if cached is not None:
+            for stale in cached.parent.glob(f"{src.path.stem}-{quant}-*.safetensors"):  # older code or file
+                stale.unlink(missing_ok=True)
             prequantized.save(model, cached)
     if quant:  # quantized models aim for speed: the norms on the C kernel too
         for name, m in list(model.named_modules()):
