@@ -1,7 +1,7 @@
-"""Runner: a scheduled Batch -> padded tensors -> one model forward -> logits of the sampled rows.
+"""Runner: a scheduled Batch -> tensors -> model forwards -> logits of the sampled rows.
 
 PagedKVCache holds the K/V tensors of every physical block (a token's slot is block_id * block_size
-+ offset) plus a scratch block that padding writes to and reads from.
++ offset) plus a scratch block that rows with fewer blocks than others in a batch point at.
 The block bookkeeping is kv_cache.BlockManager's; the choice of what runs is the scheduler's.
 """
 
@@ -18,8 +18,7 @@ FAR = 1 << 30  # the position given to padding keys: above every query, so alway
 
 
 class PagedKVCache:
-    """K/V for num_blocks blocks of block_size tokens per layer, plus one scratch block that padding
-    tokens write to.
+    """K/V for num_blocks blocks of block_size tokens per layer, plus one scratch block.
 
     K is [blocks + 1, KV, D, bs] (transposed inside a block), V is [blocks + 1, KV, bs, D]: the
     layout zenlm's C attention kernel (quant/kernels.c) reads directly, one row's own blocks at a
@@ -101,25 +100,27 @@ class Runner:
         return torch.stack(rows).float()
 
     def _forward(self, entries: list) -> torch.Tensor:
-        """One model forward over rows padded to the longest: logits [B, V] of each row's last token."""
+        """One model forward over rows that all add the same number of tokens: logits [B, V] of each
+        row's last token."""
         B, bs = len(entries), self.block_size
-        T = max(e.num_tokens for e in entries)
+        T = entries[0].num_tokens
+        assert all(e.num_tokens == T for e in entries), "rows of one forward add the same number of tokens"
         nb = max(-(-e.context_len // bs) for e in entries)
         scratch = self.cache.scratch
-        tokens = torch.zeros(B, T, dtype=torch.long)
-        positions = torch.zeros(B, T, dtype=torch.long)
-        write = torch.full((B, T), scratch * bs, dtype=torch.long)
+        tokens = torch.empty(B, T, dtype=torch.long)
+        positions = torch.empty(B, T, dtype=torch.long)
+        write = torch.empty(B, T, dtype=torch.long)
         tables = torch.full((B, nb), scratch, dtype=torch.long)
         key_pos = torch.arange(max(e.context_len for e in entries)).repeat(B, 1)
         for i, e in enumerate(entries):
             n, ctx = e.num_tokens, e.context_len
-            tokens[i, :n] = torch.tensor(e.token_ids)
-            positions[i, :n] = torch.arange(e.start, e.start + n)
-            write[i, :n] = torch.tensor(e.slot_mapping)
+            tokens[i] = torch.tensor(e.token_ids)
+            positions[i] = torch.arange(e.start, e.start + n)
+            write[i] = torch.tensor(e.slot_mapping)
             used = -(-ctx // bs)
             tables[i, :used] = torch.tensor(e.block_table[:used])
             key_pos[i, ctx:] = FAR
-        last = torch.tensor([e.num_tokens - 1 for e in entries])
+        last = torch.full((B,), T - 1)
         ctx = torch.tensor([e.context_len for e in entries])
         dev = self.device
         cache = self.cache.bind(write.to(dev), tables.to(dev), key_pos.to(dev), ctx.to(dev))
