@@ -90,14 +90,16 @@ class Runner:
         entries = batch.seqs
         decodes = [i for i, e in enumerate(entries) if e.num_tokens == 1]
         groups = ([decodes] if decodes else []) + [[i] for i, e in enumerate(entries) if e.num_tokens > 1]
+        sampled = [i for i, e in enumerate(entries) if e.sample]
+        if len(groups) == 1 and len(sampled) == len(entries):  # a plain decode step: no copies
+            return self._forward(entries).float()
         logits: list[torch.Tensor | None] = [None] * len(entries)
         for g in groups:
             for i, row in zip(g, self._forward([entries[i] for i in g])):
                 logits[i] = row
-        rows = [logits[i] for i, e in enumerate(entries) if e.sample]
-        if not rows:  # only partial prefill chunks this step
+        if not sampled:  # only partial prefill chunks this step
             return torch.empty(0, self.model.config.vocab_size)
-        return torch.stack(rows).float()
+        return torch.stack([logits[i] for i in sampled]).float()
 
     def _forward(self, entries: list) -> torch.Tensor:
         """One model forward over rows that all add the same number of tokens: logits [B, V] of each
