@@ -2,7 +2,8 @@
 
 The shared library lands in the zenlm cache, named by a hash of the source, the compiler and the
 CPU, so an edit or another machine rebuilds it (about a second). `lib()` returns None when there is
-no compiler or the build fails; callers then take their pure-torch path.
+no compiler, the build fails (with a warning) or ZEN_NO_NATIVE is set; callers then take their
+pure-torch path.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import warnings
 from functools import cache
 from pathlib import Path
 
@@ -53,13 +55,17 @@ def lib() -> ctypes.CDLL | None:
     key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS + [cc, _cpu_id()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"kernels-{key}.so"
     if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            out = Path(tmp) / target.name
-            r = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(out), "-lm"], capture_output=True, text=True)
-            if r.returncode != 0:
-                return None
-            os.replace(out, target)  # atomic: a concurrent build never leaves a half-written file
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+                out = Path(tmp) / target.name
+                r = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(out), "-lm"], capture_output=True, text=True)
+                if r.returncode != 0:
+                    raise OSError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "compiler failed")
+                os.replace(out, target)  # atomic: a concurrent build never leaves a half-written file
+        except OSError as e:
+            warnings.warn(f"zenlm: the C kernels did not build ({e}); quantized models run on slower torch ops")
+            return None
     dll = ctypes.CDLL(str(target))
     for name, (args, res) in SIGNATURES.items():
         fn = getattr(dll, name)
