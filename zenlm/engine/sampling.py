@@ -147,10 +147,14 @@ def apply_penalties(
     """Repetition penalty over the whole history, presence/frequency over generated tokens. [B, V]"""
     B, V = logits.shape
     rep = [p.repetition_penalty for p in params]
-    if any(r != 1.0 for r in rep):
-        seen = _counts(histories, V, logits.device) > 0  # [B, V]
-        r = _column(rep, logits)
-        logits = torch.where(seen, torch.where(logits < 0, logits * r, logits / r), logits)
+    if any(r != 1.0 for r in rep):  # touch only the ids each row has seen: O(B*L), not O(B*V)
+        L = max(1, max(len(h) for h in histories))
+        ids = torch.tensor([h + (h[:1] or [0]) * (L - len(h)) for h in histories], dtype=torch.long,
+                           device=logits.device)  # [B, L]; padding repeats a seen id
+        ids = torch.where(ids < V, ids, ids[:, :1]).clamp_(max=V - 1)  # ids past the vocabulary count as none
+        r = _column([r if h else 1.0 for r, h in zip(rep, histories)], logits)  # an empty history: no penalty
+        seen = logits.gather(1, ids)  # [B, L]
+        logits = logits.scatter(1, ids, torch.where(seen < 0, seen * r, seen / r))  # repeats write equal values
     if any(p.presence_penalty or p.frequency_penalty for p in params):
         counts = _counts([h[n:] for h, n in zip(histories, prompt_lens)], V, logits.device)  # [B, V]
         presence = _column([p.presence_penalty for p in params], logits)
