@@ -119,9 +119,6 @@ class Rotary(nn.Module):
 class KVCache:
     """Contiguous per-layer K/V buffers [B, KV, S, D]; the token at position p lives in slot p."""
 
-    def attend(self, layer, qkv, cos, sin, window) -> torch.Tensor | None:
-        return None  # no fused attention here: Attention takes its general path
-
     def __init__(self, c: Config, batch: int, max_len: int, dtype: torch.dtype, device: torch.device | str):
         shape = (batch, c.num_kv_heads, max_len, c.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(c.num_layers)]
@@ -137,6 +134,9 @@ class KVCache:
         self.v[layer][b, :, positions] = v.transpose(1, 2)
         key_pos = torch.arange(S, device=k.device).expand(k.shape[0], S)
         return self.k[layer][:, :, :S], self.v[layer][:, :, :S], key_pos
+
+    def attend(self, layer, qkv, cos, sin, window) -> torch.Tensor | None:
+        return None  # no fused attention here: Attention takes its general path
 
 
 # ---- blocks --------------------------------------------------------------------------------------
