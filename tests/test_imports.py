@@ -13,6 +13,7 @@ ALLOWED = {
     "zenlm.quant": {"zenlm.config", "zenlm.model", "zenlm.cache"},
     # weights: llm.py only; quant: the C decode-attention kernel the paged cache calls
     "zenlm.engine": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights", "zenlm.quant"},
+    "zenlm.server": {"zenlm.engine", "zenlm.tokenizer"},  # HTTP over the engine, nothing below it
     "zenlm.train": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights"},  # never the engine
 }
 
