@@ -59,7 +59,7 @@ def run(model: str = "default", dtype: str = "int4", device: str = "cpu", prompt
         eng.step()
     aggregate_s = time.perf_counter() - t
     return {
-        "model": str(llm.path.name), "dtype": dtype, "threads": _threads(),
+        "model": str(llm.path.name), "dtype": dtype, "threads": _threads(), "kernels": _kernels(),
         "load_s": round(load_s, 3),
         "prefill_tok_s": round(prompt_tokens / prefill_s, 2),
         "decode_tok_s": round((len(seq.output_ids) - 1) / decode_s, 2),
@@ -74,3 +74,11 @@ def _threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+def _kernels() -> str:
+    """Which matmul/attention code the quantized path runs on this machine."""
+    from zenlm.quant.native import lib
+
+    k = lib()
+    return "torch ops (no C kernels)" if k is None else "avx512-vnni" if k.zen_has_vnni() else "plain C"

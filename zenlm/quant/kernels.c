@@ -1,4 +1,5 @@
-/* zenlm's CPU kernels for weight-only quantized linears, built once per machine by native.py.
+/* zenlm's CPU kernels, built once per machine by native.py: weight-only quantized linears, attention
+ * over the paged KV cache, RMSNorm.
  *
  * A weight [N, K] is stored as unsigned integers q (4 or 8 bits) in groups of 32 along K, each
  * group with an fp16 scale d and an fp16 offset m per row: w = d * q + m. Rows are interleaved in
