@@ -104,6 +104,28 @@ def test_attention_kernel_equals_sdpa(bs, B, T):
             torch.testing.assert_close(vc, vc2, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("hidden", [64, 48])  # 48: q/k/v and gate/up fuse but stay in float
+def test_a_saved_quantized_model_restores_to_the_same_outputs(tmp_path, hidden):
+    from zenlm.config import Config
+    from zenlm.model import Transformer
+    from zenlm.weights import prequantized
+    from zenlm.weights.load import build
+
+    c = Config(name="t", vocab_size=96, hidden_size=hidden, num_layers=2, num_heads=4, num_kv_heads=2,
+               head_dim=hidden // 4, intermediate_size=128, tie_word_embeddings=False, context_length=64)
+    torch.manual_seed(0)
+    m = Transformer(c)
+    m.init_weights(std=0.2)
+    q = build(c, iter(m.state_dict().items()), tmp_path, quant="int4")
+    prequantized.save(q, tmp_path / "q.safetensors")
+    r = prequantized.restore(c, tmp_path / "q.safetensors")
+    ids = torch.randint(0, 96, (2, 7))
+    pos = torch.arange(7).expand(2, 7)
+    with torch.inference_mode():
+        torch.testing.assert_close(r(ids, pos), q(ids, pos), rtol=0, atol=0)
+    assert type(r.model.layers[0].self_attn.qkv_proj) is type(q.model.layers[0].self_attn.qkv_proj)
+
+
 HELD_OUT = inspect.getsource(json)[:4000]  # text the model was not tuned on in this form: stdlib source
 
 

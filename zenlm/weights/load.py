@@ -120,6 +120,7 @@ def build(config: Config, tensors: Iterator[tuple[str, torch.Tensor]], path: Pat
                if quant and isinstance(m, nn.Linear) and n.rpartition(".")[2] not in UNQUANTIZED}
     groups: dict[str, dict[str, torch.Tensor]] = {}  # quantization unit -> {member.leaf: tensor}
     sd: dict[str, torch.Tensor] = {}
+    installed: set[str] = set()  # linears (or fused groups) built by _install
     for name, t in tensors:
         if name not in expected:
             raise ValueError(f"{path}: unexpected tensor {name!r} for this {config.arch} config")
@@ -140,9 +141,11 @@ def build(config: Config, tensors: Iterator[tuple[str, torch.Tensor]], path: Pat
         owners = [f"{parent}.{m}" for m in members] if child in FUSED else [owner]
         if len(got) == sum(1 if linears[o].bias is None else 2 for o in owners):
             _install(model, unit, members, got, quant, device)
+            installed.add(unit)
             del groups[unit]
     if config.tie_word_embeddings and "model.embed_tokens.weight" in sd:
         if "lm_head" in linears:  # quantize the head from the embedding it is tied to
+            installed.add("lm_head")
             _install(model, "lm_head", ("lm_head",), {"lm_head.weight": sd["model.embed_tokens.weight"]},
                      quant, device)
         elif "lm_head.weight" not in sd:
@@ -150,7 +153,8 @@ def build(config: Config, tensors: Iterator[tuple[str, torch.Tensor]], path: Pat
     emb = sd.get("model.embed_tokens.weight")
     if quant and emb is not None and emb.shape[1] % 32 == 0:  # the table too: a lookup dequantizes its rows
         model.model.embed_tokens = QEmbedding(QLinear.from_float(sd.pop("model.embed_tokens.weight"), None, 8), dtype)
-    done = {n for n, m in model.named_modules() if is_quantized(m)}
+    done = installed | {n for n, m in model.named_modules() if is_quantized(m)}  # (a width the kernel
+    # cannot take is installed as a float linear)
     fused_away = {f"{u.rpartition('.')[0]}.{m}" for u in done if u.rpartition(".")[2] in MEMBERS
                   for m in MEMBERS[u.rpartition(".")[2]]}
     missing = sorted(k for k in set(expected) - set(sd) if k.rpartition(".")[0] not in done | fused_away)

@@ -23,9 +23,11 @@ from zenlm.quant.linear import QEmbedding, QLinear, is_quantized
 
 
 def save(model: Transformer, path: Path) -> None:
-    specs = {n: m.spec() for n, m in model.named_modules() if is_quantized(m)}
     with torch.device("meta"):
         fresh = dict(Transformer(model.config).named_modules())
+    specs = {n: m.spec() for n, m in model.named_modules() if is_quantized(m)}
+    specs |= {n: ["float", m.in_features, m.out_features, 0, m.bias is not None]  # fused, kept in float
+              for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in fresh}
     have = dict(model.named_modules())
     removed = [n for n in fresh if n and n not in have and n.rpartition(".")[0] in have]
     sd, aliases, seen = {}, {}, {}
@@ -44,6 +46,8 @@ def save(model: Transformer, path: Path) -> None:
 
 def _module(spec: list) -> torch.nn.Module:
     kind, K, N, bits, extra = spec
+    if kind == "float":
+        return torch.nn.Linear(K, N, bias=extra, device="meta")
     if kind == "linear":
         return QLinear(K, N, bits, bias=extra)
     return QEmbedding(QLinear(K, N, bits, bias=False), getattr(torch, extra.removeprefix("torch.")))
