@@ -23,7 +23,7 @@
 
 #define G 32   /* group size along K */
 #define R 16   /* rows per tile */
-#define MT 4   /* activation rows per pass over a tile */
+#define MT 8   /* activation rows per pass over a tile */
 
 static inline float clampf(float x, float lo, float hi) { return x < lo ? lo : x > hi ? hi : x; }
 
@@ -91,9 +91,11 @@ static inline __attribute__((always_inline)) void tile_vnni(const uint8_t *qt, c
                                                            __m512 *acc) {
     const __m512i lo4 = _mm512_set1_epi8(0x0F);
     for (int i = 0; i < MC; i++) acc[i] = _mm512_setzero_ps();
-    const size_t bb = block_bytes(bits);
+    const size_t bb = block_bytes(bits), ahead = bb * a->ng; /* prefetch the next tile's weights */
     for (int g = 0; g < a->ng; g++) {
         const uint8_t *blk = qt + g * bb;
+        if (MC > 2) /* compute-bound: fetch ahead; one row streams fine on its own */
+            for (size_t o = 0; o < bb; o += 64) _mm_prefetch((const char *)blk + ahead + o, _MM_HINT_T0);
         __m512i w[8];
         if (bits == 4) {
             for (int o = 0; o < 4; o++) {
@@ -106,15 +108,13 @@ static inline __attribute__((always_inline)) void tile_vnni(const uint8_t *qt, c
         }
         __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(dt + g * R)));
         __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(mt + g * R)));
+#pragma GCC unroll 8
         for (int i = 0; i < MC; i++) {
             const size_t row = (size_t)(m0 + i);
             const int32_t *x = (const int32_t *)(a->xq + row * a->K + g * G);
-            __m512i s0 = _mm512_setzero_si512(), s1 = _mm512_setzero_si512();
-            for (int q = 0; q < 8; q += 2) {
-                s0 = _mm512_dpbusd_epi32(s0, w[q], _mm512_set1_epi32(x[q]));
-                s1 = _mm512_dpbusd_epi32(s1, w[q + 1], _mm512_set1_epi32(x[q + 1]));
-            }
-            __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+            __m512i s0 = _mm512_setzero_si512();
+            for (int q = 0; q < 8; q++) s0 = _mm512_dpbusd_epi32(s0, w[q], _mm512_set1_epi32(x[q]));
+            __m512 dot = _mm512_cvtepi32_ps(s0);
             acc[i] = _mm512_fmadd_ps(dot, _mm512_mul_ps(dv, _mm512_set1_ps(a->dx[row * a->ng + g])), acc[i]);
             acc[i] = _mm512_fmadd_ps(mv, _mm512_set1_ps(a->sx[row * a->ng + g]), acc[i]);
         }
@@ -162,7 +162,11 @@ void zen_linear(const void *x, int x_bf16, int M, int K, const uint8_t *qs, cons
             case 1: tile_vnni(qt, dt, mt, bits, &a, m0, 1, acc); break;
             case 2: tile_vnni(qt, dt, mt, bits, &a, m0, 2, acc); break;
             case 3: tile_vnni(qt, dt, mt, bits, &a, m0, 3, acc); break;
-            default: tile_vnni(qt, dt, mt, bits, &a, m0, 4, acc); break;
+            case 4: tile_vnni(qt, dt, mt, bits, &a, m0, 4, acc); break;
+            case 5: tile_vnni(qt, dt, mt, bits, &a, m0, 5, acc); break;
+            case 6: tile_vnni(qt, dt, mt, bits, &a, m0, 6, acc); break;
+            case 7: tile_vnni(qt, dt, mt, bits, &a, m0, 7, acc); break;
+            default: tile_vnni(qt, dt, mt, bits, &a, m0, 8, acc); break;
             }
             for (int i = 0; i < mc; i++) {
                 size_t at = (size_t)(m0 + i) * N;
@@ -275,23 +279,25 @@ void zen_dequant_rows(const uint8_t *qs, const f16 *d, const f16 *mn, int bits, 
  * float32 or bfloat16: K [blocks, KV, D, bs] (transposed in the block, so the scores of a block's
  * keys are one vector op per dimension), V [blocks, KV, bs, D]; tables [B, nb] list each row's
  * blocks. Threads: one task per (row, token, kv head); a group's query heads share every load. */
+#if ZEN_VNNI
+static inline __m512 exp16(__m512 x) { /* 2^t = 2^round(t) * 2^f, f in [-0.5, 0.5]: a degree-6 polynomial */
+    __m512 t = _mm512_max_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950409f)), _mm512_set1_ps(-126.f));
+    __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), f = _mm512_sub_ps(t, r);
+    __m512 y = _mm512_set1_ps(1.5403530e-4f);
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.3333558e-3f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.6181291e-3f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.5504109e-2f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.4022650e-1f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.9314718e-1f));
+    y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.f));
+    return _mm512_scalef_ps(y, r);
+}
+#endif
+
 static void exp_sub(float *x, int n, float mx) { /* x = exp(x - mx) */
     int j = 0;
 #if ZEN_VNNI
-    const __m512 log2e = _mm512_set1_ps(1.4426950409f), m = _mm512_set1_ps(mx);
-    for (; j + 16 <= n; j += 16) { /* 2^t = 2^round(t) * 2^f, f in [-0.5, 0.5]: a degree-6 polynomial */
-        __m512 t = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(x + j), m), log2e);
-        t = _mm512_max_ps(t, _mm512_set1_ps(-126.f));
-        __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), f = _mm512_sub_ps(t, r);
-        __m512 y = _mm512_set1_ps(1.5403530e-4f);
-        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.3333558e-3f));
-        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.6181291e-3f));
-        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.5504109e-2f));
-        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.4022650e-1f));
-        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.9314718e-1f));
-        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.f));
-        _mm512_storeu_ps(x + j, _mm512_scalef_ps(y, r));
-    }
+    for (; j + 16 <= n; j += 16) _mm512_storeu_ps(x + j, exp16(_mm512_sub_ps(_mm512_loadu_ps(x + j), _mm512_set1_ps(mx))));
 #endif
     for (; j < n; j++) x[j] = expf(x[j] - mx);
 }
@@ -329,43 +335,121 @@ static inline __m512 load16(const void *c, int bf16, size_t at) { /* 16 cache va
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-/* The common case, blocks of 16 keys and at most 8 query heads per kv head: p [per, n] gets the
- * scaled scores of keys [start, n); after the softmax, o [per, D] the weighted values. */
-static void scores16(const float *q, int per, int D, const void *kc, int bf16, const int64_t *table, int KV, int g,
-                     int start, int n, float scale, float *p) {
-    for (int c = start / 16; c * 16 < n; c++) {
-        const size_t base = ((size_t)table[c] * KV + g) * D * 16;
-        __m512 acc[8];
-        for (int h = 0; h < per; h++) acc[h] = _mm512_setzero_ps();
-        for (int i = 0; i < D; i++) {
-            const __m512 k = load16(kc, bf16, base + (size_t)i * 16);
-            for (int h = 0; h < per; h++) acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(q[h * D + i]), k, acc[h]);
-        }
-        const int t0 = start > c * 16 ? start - c * 16 : 0, t1 = n - c * 16 < 16 ? n - c * 16 : 16;
-        const __mmask16 keep = (__mmask16)(((1u << t1) - 1) & ~((1u << t0) - 1));
-        for (int h = 0; h < per; h++)
-            _mm512_mask_storeu_ps(p + (size_t)h * n + c * 16, keep, _mm512_mul_ps(acc[h], _mm512_set1_ps(scale)));
-    }
+static inline void prefetch_block(const void *c, int bf16, size_t at, int n) { /* n values from at */
+    const char *b = (const char *)c + at * (bf16 ? 2 : 4);
+    for (int i = 0; i < n * (bf16 ? 2 : 4); i += 64) _mm_prefetch(b + i, _MM_HINT_T0);
 }
 
-static void values16(const float *p, int per, int D, const void *vc, int bf16, const int64_t *table, int KV, int g,
-                     int start, int n, float *o) {
-    for (int i0 = 0; i0 < D; i0 += 16) {
-        __m512 acc[8];
-        for (int h = 0; h < per; h++) acc[h] = _mm512_setzero_ps();
-        for (int c = start / 16; c * 16 < n; c++) {
-            const int t0 = start > c * 16 ? start - c * 16 : 0, t1 = n - c * 16 < 16 ? n - c * 16 : 16;
+static inline __mmask16 span(int c, int start, int n) { /* the keys of block c in [start, n) */
+    const int t0 = start > c * 16 ? start - c * 16 : 0, t1 = n - c * 16 < 16 ? n - c * 16 : 16;
+    return (__mmask16)(((1u << t1) - 1) & ~((1u << t0) - 1));
+}
+
+/* The common case, blocks of 16 keys and PER <= 8 query heads per kv head (a constant per call
+ * site, so the heads' accumulators stay in registers). p [PER, np] is scratch for the scores, o
+ * [PER, D] gets the attention output. */
+static inline __attribute__((always_inline)) void attend16(const float *q, const int PER, int D, const void *kc,
+                                                          const void *vc, int bf16, const int64_t *table, int KV,
+                                                          int g, int start, int n, float scale, float *p, int np,
+                                                          float *o) {
+    const int c0 = start / 16, c1 = (n + 15) / 16;
+    __m512 mx[8], acc[16];
+    for (int h = 0; h < PER; h++) mx[h] = _mm512_set1_ps(-INFINITY);
+    for (int c = c0; c < c1; c++) { /* scores, and their running max */
+        const size_t base = ((size_t)table[c] * KV + g) * D * 16;
+        if (c + 1 < c1) prefetch_block(kc, bf16, ((size_t)table[c + 1] * KV + g) * D * 16, D * 16);
+        for (int h = 0; h < PER; h++) acc[h] = _mm512_setzero_ps();
+        for (int i = 0; i < D; i++) {
+            const __m512 k = load16(kc, bf16, base + (size_t)i * 16);
+            for (int h = 0; h < PER; h++) acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(q[h * D + i]), k, acc[h]);
+        }
+        const __mmask16 keep = span(c, start, n);
+        for (int h = 0; h < PER; h++) {
+            const __m512 s = _mm512_mask_blend_ps(keep, _mm512_set1_ps(-INFINITY), _mm512_mul_ps(acc[h], _mm512_set1_ps(scale)));
+            _mm512_storeu_ps(p + (size_t)h * np + c * 16, s);
+            mx[h] = _mm512_max_ps(mx[h], s);
+        }
+    }
+    float inv[8];
+    for (int h = 0; h < PER; h++) { /* p = exp(s - max), 0 outside the span; inv = 1 / sum */
+        const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx[h]));
+        __m512 sum = _mm512_setzero_ps();
+        for (int c = c0; c < c1; c++) {
+            float *ph = p + (size_t)h * np + c * 16;
+            const __m512 e = _mm512_maskz_mov_ps(span(c, start, n), exp16(_mm512_sub_ps(_mm512_loadu_ps(ph), m)));
+            _mm512_storeu_ps(ph, e);
+            sum = _mm512_add_ps(sum, e);
+        }
+        inv[h] = 1.f / _mm512_reduce_add_ps(sum);
+    }
+    for (int i0 = 0; i0 < D; i0 += 32) { /* values, 32 dimensions at a time */
+        const int two = i0 + 16 < D;
+        for (int h = 0; h < 2 * PER; h++) acc[h] = _mm512_setzero_ps();
+        for (int c = c0; c < c1; c++) {
+            const __mmask16 keep = span(c, start, n);
+            const int t0 = __builtin_ctz(keep), t1 = 32 - __builtin_clz(keep);
             const size_t base = ((size_t)table[c] * KV + g) * 16 * D + i0;
+            if (c + 1 < c1) prefetch_block(vc, bf16, ((size_t)table[c + 1] * KV + g) * 16 * D, 16 * D);
             const float *pc = p + c * 16;
             for (int t = t0; t < t1; t++) {
-                const __m512 v = load16(vc, bf16, base + (size_t)t * D);
-                for (int h = 0; h < per; h++) acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(pc[(size_t)h * n + t]), v, acc[h]);
+                const __m512 v0 = load16(vc, bf16, base + (size_t)t * D);
+                const __m512 v1 = two ? load16(vc, bf16, base + (size_t)t * D + 16) : _mm512_setzero_ps();
+                for (int h = 0; h < PER; h++) {
+                    const __m512 w = _mm512_set1_ps(pc[(size_t)h * np + t]);
+                    acc[2 * h] = _mm512_fmadd_ps(w, v0, acc[2 * h]);
+                    acc[2 * h + 1] = _mm512_fmadd_ps(w, v1, acc[2 * h + 1]);
+                }
             }
         }
-        for (int h = 0; h < per; h++) _mm512_storeu_ps(o + (size_t)h * D + i0, acc[h]);
+        for (int h = 0; h < PER; h++) {
+            _mm512_storeu_ps(o + (size_t)h * D + i0, _mm512_mul_ps(acc[2 * h], _mm512_set1_ps(inv[h])));
+            if (two) _mm512_storeu_ps(o + (size_t)h * D + i0 + 16, _mm512_mul_ps(acc[2 * h + 1], _mm512_set1_ps(inv[h])));
+        }
     }
 }
 #endif
+
+/* Any block size and head count, in plain C: the same math as attend16. */
+static void attend_any(const float *q, int per, int D, const void *kc, const void *vc, int bf16, int bs,
+                       const int64_t *table, int KV, int g, int start, int n, float scale, float *o) {
+    float *p = malloc(sizeof(float) * (size_t)per * n), *buf = malloc(sizeof(float) * (size_t)D * bs);
+    for (int c = start / bs; c * bs < n; c++) { /* scores, a block of keys at a time */
+        const int t0 = start > c * bs ? start - c * bs : 0, t1 = n - c * bs < bs ? n - c * bs : bs;
+        const float *k = as_f32(kc, bf16, ((size_t)table[c] * KV + g) * D * bs, D * bs, buf);
+        for (int h = 0; h < per; h++) {
+            float *ph = p + (size_t)h * n + c * bs;
+            for (int j = t0; j < t1; j++) ph[j] = 0.f;
+            for (int i = 0; i < D; i++) {
+                const float qi = q[h * D + i], *ki = k + (size_t)i * bs;
+#pragma omp simd
+                for (int j = t0; j < t1; j++) ph[j] += qi * ki[j];
+            }
+            for (int j = t0; j < t1; j++) ph[j] *= scale;
+        }
+    }
+    float inv[per];
+    for (int h = 0; h < per; h++) { /* softmax; the 1 / sum is applied to the output */
+        float *ph = p + (size_t)h * n, mx = -INFINITY, sum = 0.f;
+        for (int j = start; j < n; j++) mx = ph[j] > mx ? ph[j] : mx;
+        exp_sub(ph + start, n - start, mx);
+        for (int j = start; j < n; j++) sum += ph[j];
+        inv[h] = 1.f / sum;
+        for (int i = 0; i < D; i++) o[h * D + i] = 0.f;
+    }
+    for (int c = start / bs; c * bs < n; c++) { /* the weighted sum of values */
+        const int t0 = start > c * bs ? start - c * bs : 0, t1 = n - c * bs < bs ? n - c * bs : bs;
+        const float *v = as_f32(vc, bf16, ((size_t)table[c] * KV + g) * bs * D, D * bs, buf);
+        for (int h = 0; h < per; h++)
+            for (int j = t0; j < t1; j++) {
+                const float w = p[(size_t)h * n + c * bs + j], *vj = v + (size_t)j * D;
+#pragma omp simd
+                for (int i = 0; i < D; i++) o[h * D + i] += w * vj[i];
+            }
+    }
+    for (int h = 0; h < per; h++)
+        for (int i = 0; i < D; i++) o[h * D + i] *= inv[h];
+    free(p); free(buf);
+}
 
 void zen_attention(float *qkv, int B, int T, int H, int KV, int D, const float *cos, const float *sin,
                    void *kc, void *vc, int kv_bf16, int bs, const int64_t *tables, int nb, const int64_t *ctx,
@@ -391,47 +475,21 @@ void zen_attention(float *qkv, int B, int T, int H, int KV, int D, const float *
                 const int n = (int)(ctx[b] - T + t + 1), start = window > 0 && n > window ? n - window : 0;
                 const int64_t *table = tables + (size_t)b * nb;
                 const float *q = qkv + r * W + (size_t)g * per * D;
-                float *p = malloc(sizeof(float) * (size_t)per * n), *buf = malloc(sizeof(float) * (size_t)D * bs);
                 float *o = out + r * H * D + (size_t)g * per * D;
-                const int fast = ZEN_VNNI && bs == 16 && D % 16 == 0 && per <= 8;
 #if ZEN_VNNI
-                if (fast) scores16(q, per, D, kc, kv_bf16, table, KV, g, start, n, scale, p);
-#endif
-                for (int c = start / bs; !fast && c * bs < n; c++) { /* scores, a block of keys at a time */
-                    const int t0 = start > c * bs ? start - c * bs : 0, t1 = n - c * bs < bs ? n - c * bs : bs;
-                    const float *k = as_f32(kc, kv_bf16, ((size_t)table[c] * KV + g) * D * bs, D * bs, buf);
-                    for (int h = 0; h < per; h++) {
-                        float *ph = p + (size_t)h * n + c * bs;
-                        for (int j = t0; j < t1; j++) ph[j] = 0.f;
-                        for (int i = 0; i < D; i++) {
-                            const float qi = q[h * D + i] * scale, *ki = k + (size_t)i * bs;
-#pragma omp simd
-                            for (int j = t0; j < t1; j++) ph[j] += qi * ki[j];
-                        }
+                if (bs == 16 && D % 16 == 0 && per <= 8) {
+                    const int np = (n + 15) / 16 * 16;
+                    float *p = malloc(sizeof(float) * (size_t)per * np);
+                    switch (per) {
+#define PER_CASE(k) case k: attend16(q, k, D, kc, vc, kv_bf16, table, KV, g, start, n, scale, p, np, o); break;
+                    PER_CASE(1) PER_CASE(2) PER_CASE(3) PER_CASE(4) PER_CASE(5) PER_CASE(6) PER_CASE(7) PER_CASE(8)
+#undef PER_CASE
                     }
+                    free(p);
+                    continue;
                 }
-                for (int h = 0; h < per; h++) { /* softmax, normalised up front */
-                    float *ph = p + (size_t)h * n, mx = -INFINITY, sum = 0.f;
-                    for (int j = start; j < n; j++) mx = ph[j] > mx ? ph[j] : mx;
-                    exp_sub(ph + start, n - start, mx);
-                    for (int j = start; j < n; j++) sum += ph[j];
-                    for (int j = start; j < n; j++) ph[j] /= sum;
-                    for (int i = 0; i < D; i++) o[h * D + i] = 0.f;
-                }
-#if ZEN_VNNI
-                if (fast) values16(p, per, D, vc, kv_bf16, table, KV, g, start, n, o);
 #endif
-                for (int c = start / bs; !fast && c * bs < n; c++) { /* the weighted sum of values */
-                    const int t0 = start > c * bs ? start - c * bs : 0, t1 = n - c * bs < bs ? n - c * bs : bs;
-                    const float *v = as_f32(vc, kv_bf16, ((size_t)table[c] * KV + g) * bs * D, D * bs, buf);
-                    for (int h = 0; h < per; h++)
-                        for (int j = t0; j < t1; j++) {
-                            const float w = p[(size_t)h * n + c * bs + j], *vj = v + (size_t)j * D;
-#pragma omp simd
-                            for (int i = 0; i < D; i++) o[h * D + i] += w * vj[i];
-                        }
-                }
-                free(p); free(buf);
+                attend_any(q, per, D, kc, vc, kv_bf16, bs, table, KV, g, start, n, scale, o);
             }
 }
 
