@@ -21,20 +21,22 @@ LONG_PREFILL = 8192  # prefill chunks attending to more keys than this take torc
 class PagedKVCache:
     """K/V for num_blocks blocks of block_size tokens per layer, plus one scratch block.
 
-    K is [blocks + 1, KV, D, bs] (transposed inside a block), V is [blocks + 1, KV, bs, D]: the
-    layout zenlm's C attention kernel (quant/kernels.c) reads directly, one row's own blocks at a
-    time, with no gather, padding or mask. The torch path (models without fused q/k/v, or `native`
-    off) gathers each row's blocks into [B, KV, S, D] and masks what lies past the row's context.
+    K is [blocks + 1, KV, D/P, bs, P] (transposed inside a block), V is [blocks + 1, KV, bs/P, D, P],
+    with P = 2 values side by side in a bfloat16 cache and 1 in a float32 one: the layout zenlm's C
+    attention kernel (quant/kernels.c) reads directly, one row's own blocks at a time, with no
+    gather, padding or mask. The torch path (models without fused q/k/v, or `native` off) gathers
+    each row's blocks into [B, KV, S, D] and masks what lies past the row's context.
     """
 
     def __init__(self, c: Config, num_blocks: int, block_size: int, dtype: torch.dtype, device, native: bool):
         KV, D, bs = c.num_kv_heads, c.head_dim, block_size
+        P = 2 if dtype == torch.bfloat16 and bs % 2 == 0 and D % 2 == 0 else 1
         # empty, not zeros (untouched pages cost no memory): the torch path zeroes what it gathers from
         # past a row's context before attending (masked weights are 0, and 0 * NaN would not be)
-        self.k = [torch.empty(num_blocks + 1, KV, D, bs, dtype=dtype, device=device) for _ in range(c.num_layers)]
-        self.v = [torch.empty(num_blocks + 1, KV, bs, D, dtype=dtype, device=device) for _ in range(c.num_layers)]
-        self.scratch, self.block_size = num_blocks, bs
-        self.heads, self.native = (c.num_heads, KV, D), native
+        self.k = [torch.empty(num_blocks + 1, KV, D // P, bs, P, dtype=dtype, device=device) for _ in range(c.num_layers)]
+        self.v = [torch.empty(num_blocks + 1, KV, bs // P, D, P, dtype=dtype, device=device) for _ in range(c.num_layers)]
+        self.scratch, self.block_size, self.pairs = num_blocks, bs, P
+        self.heads, self.native = (c.num_heads, KV, D), native and (P == 2) == (dtype == torch.bfloat16)
         self.write_slots = self.tables = self.key_pos = self.ctx = None
 
     def bind(self, write_slots: torch.Tensor, tables: torch.Tensor, key_pos: torch.Tensor,
@@ -47,15 +49,17 @@ class PagedKVCache:
 
     def update(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         B, KV, T, D = k.shape
+        P, bs = self.pairs, self.block_size
         w = self.write_slots.reshape(-1)
-        blk, off = w // self.block_size, w % self.block_size
+        blk, off = w // bs, w % bs
         K, V = self.k[layer], self.v[layer]
-        K[blk, :, :, off] = k.transpose(1, 2).reshape(B * T, KV, D).to(K.dtype)
-        V[blk, :, off, :] = v.transpose(1, 2).reshape(B * T, KV, D).to(V.dtype)
+        K[blk, :, :, off] = k.transpose(1, 2).reshape(B * T, KV, D // P, P).to(K.dtype)
+        V[blk, :, off // P, :, off % P] = v.transpose(1, 2).reshape(B * T, KV, D).to(V.dtype)
         t = self.tables
         S = self.key_pos.shape[1]  # the longest context: a lone row attends to exactly its own keys
-        keys = K[t].permute(0, 2, 1, 4, 3).reshape(B, KV, -1, D)[:, :, :S]  # [B, nb, KV, D, bs] -> [B, KV, S, D]
-        values = V[t].permute(0, 2, 1, 3, 4).reshape(B, KV, -1, D)[:, :, :S]  # [B, nb, KV, bs, D] -> [B, KV, S, D]
+        # [B, nb, KV, D/P, bs, P] -> [B, KV, nb, bs, D/P, P] and [B, nb, KV, bs/P, D, P] -> [B, KV, nb, bs/P, P, D]
+        keys = K[t].permute(0, 2, 1, 4, 3, 5).reshape(B, KV, -1, D)[:, :, :S]
+        values = V[t].permute(0, 2, 1, 3, 5, 4).reshape(B, KV, -1, D)[:, :, :S]
         pad = (self.key_pos == FAR)[:, None, :, None]  # past a row's context: never-written memory
         return keys.masked_fill_(pad, 0).to(k.dtype), values.masked_fill_(pad, 0).to(v.dtype), self.key_pos
 

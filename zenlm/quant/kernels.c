@@ -20,6 +20,11 @@
 #else
 #define ZEN_VNNI 0
 #endif
+#if ZEN_VNNI && defined(__AVX512BF16__)
+#define ZEN_BF16 1 /* bfloat16 dot products: the attention over a bfloat16 cache */
+#else
+#define ZEN_BF16 0
+#endif
 
 #define G 32   /* group size along K */
 #define R 16   /* rows per tile */
@@ -276,8 +281,10 @@ void zen_dequant_rows(const uint8_t *qs, const f16 *d, const f16 *mn, int bits, 
  * its position (the last `window` only, when window > 0). Every query row is computed on its own,
  * so a result never depends on how tokens were batched or chunked. qkv [B, T, (H + 2 KV) * D]
  * float32 is rotated in place; out is [B, T, H * D]. The cache is paged in blocks of bs tokens,
- * float32 or bfloat16: K [blocks, KV, D, bs] (transposed in the block, so the scores of a block's
- * keys are one vector op per dimension), V [blocks, KV, bs, D]; tables [B, nb] list each row's
+ * float32 or bfloat16, with P = 1 (float32) or 2 (bfloat16) values interleaved so that one 512-bit
+ * load feeds a vector op: K [blocks, KV, D/P, bs, P] (transposed in the block: the scores of a
+ * block's 16 keys are one op per P dimensions), V [blocks, KV, bs/P, D, P] (P tokens side by
+ * side); tables [B, nb] list each row's
  * blocks. Threads: one task per (row, token, kv head); a group's query heads share every load. */
 #if ZEN_VNNI
 static inline __m512 exp16(__m512 x) { /* 2^t = 2^round(t) * 2^f, f in [-0.5, 0.5]: a degree-6 polynomial */
@@ -311,16 +318,16 @@ static void rope(float *x, const float *cos, const float *sin, int D) {
     }
 }
 
-/* n values of a cache block, as float32: a pointer into the cache, or a converted copy in buf */
-static const float *as_f32(const void *c, int bf16, size_t at, int n, float *buf) {
-    if (!bf16) return (const float *)c + at;
-    const uint16_t *h = (const uint16_t *)c + at;
-#pragma omp simd
-    for (int i = 0; i < n; i++) {
-        uint32_t u = (uint32_t)h[i] << 16;
-        memcpy(buf + i, &u, 4);
-    }
-    return buf;
+/* where key dimension i of token t, and value dimension i of token t, of (block, kv head) bg live */
+static inline size_t k_at(size_t bg, int D, int bs, int P, int i, int t) {
+    return ((bg * (D / P) + i / P) * bs + t) * P + i % P;
+}
+static inline size_t v_at(size_t bg, int D, int bs, int P, int t, int i) {
+    return ((bg * (bs / P) + t / P) * D + i) * P + t % P;
+}
+
+static inline float get(const void *c, int bf16, size_t at) {
+    return bf16 ? bf16_to_f32(((const uint16_t *)c)[at]) : ((const float *)c)[at];
 }
 
 static inline void put(void *c, int bf16, size_t at, float v) {
@@ -329,12 +336,6 @@ static inline void put(void *c, int bf16, size_t at, float v) {
 }
 
 #if ZEN_VNNI
-static inline __m512 load16(const void *c, int bf16, size_t at) { /* 16 cache values as float32 */
-    if (!bf16) return _mm512_loadu_ps((const float *)c + at);
-    __m256i h = _mm256_loadu_si256((const __m256i *)((const uint16_t *)c + at));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
 static inline void prefetch_block(const void *c, int bf16, size_t at, int n) { /* n values from at */
     const char *b = (const char *)c + at * (bf16 ? 2 : 4);
     for (int i = 0; i < n * (bf16 ? 2 : 4); i += 64) _mm_prefetch(b + i, _MM_HINT_T0);
@@ -345,24 +346,56 @@ static inline __mmask16 span(int c, int start, int n) { /* the keys of block c i
     return (__mmask16)(((1u << t1) - 1) & ~((1u << t0) - 1));
 }
 
-/* The common case, blocks of 16 keys and PER <= 8 query heads per kv head (a constant per call
- * site, so the heads' accumulators stay in registers). p [PER, np] is scratch for the scores, o
- * [PER, D] gets the attention output. */
+/* scores of block c's 16 keys for PER heads: float32 cache, one FMA per head and dimension */
+static inline __attribute__((always_inline)) void scores_f32(const float *q, const int PER, int D, const float *k,
+                                                            __m512 *acc) {
+    for (int h = 0; h < PER; h++) acc[h] = _mm512_setzero_ps();
+    for (int i = 0; i < D; i++) {
+        const __m512 kv = _mm512_loadu_ps(k + (size_t)i * 16);
+        for (int h = 0; h < PER; h++) acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(q[h * D + i]), kv, acc[h]);
+    }
+}
+
+#if ZEN_BF16
+/* the same from a bfloat16 cache and q rounded to bfloat16: one dot-product op per 2 dimensions */
+static inline __attribute__((always_inline)) void scores_bf16(const int32_t *qp, const int PER, int D,
+                                                             const uint16_t *k, __m512 *acc) {
+    for (int h = 0; h < PER; h++) acc[h] = _mm512_setzero_ps();
+    for (int j = 0; j < D / 2; j++) {
+        const __m512bh kv = (__m512bh)_mm512_loadu_si512(k + (size_t)j * 32);
+        for (int h = 0; h < PER; h++)
+            acc[h] = _mm512_dpbf16_ps(acc[h], kv, (__m512bh)_mm512_set1_epi32(qp[h * D / 2 + j]));
+    }
+}
+
+static inline void to_bf16(const float *x, int n, uint16_t *y) { /* n % 16 == 0; round to nearest even */
+    for (int i = 0; i < n; i += 16) _mm256_storeu_si256((__m256i *)(y + i), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + i)));
+}
+#endif
+
+/* The common case, blocks of 16 keys, D % 32 == 0 and PER <= 8 query heads per kv head (a constant
+ * per call site, so the heads' accumulators stay in registers). p [PER, np] is scratch for the
+ * probabilities, pb for them in bfloat16; o [PER, D] gets the attention output. */
 static inline __attribute__((always_inline)) void attend16(const float *q, const int PER, int D, const void *kc,
                                                           const void *vc, int bf16, const int64_t *table, int KV,
-                                                          int g, int start, int n, float scale, float *p, int np,
-                                                          float *o) {
-    const int c0 = start / 16, c1 = (n + 15) / 16;
+                                                          int g, int start, int n, float scale, float *p,
+                                                          uint16_t *pb, int np, float *o) {
+    const int c0 = start / 16, c1 = (n + 15) / 16, P = bf16 ? 2 : 1;
+    const size_t blk = (size_t)D * 16; /* values per (block, kv head) */
     __m512 mx[8], acc[16];
+#if ZEN_BF16
+    uint16_t qb[8 * 256];
+    if (bf16) to_bf16(q, PER * D, qb);
+#endif
     for (int h = 0; h < PER; h++) mx[h] = _mm512_set1_ps(-INFINITY);
     for (int c = c0; c < c1; c++) { /* scores, and their running max */
-        const size_t base = ((size_t)table[c] * KV + g) * D * 16;
-        if (c + 1 < c1) prefetch_block(kc, bf16, ((size_t)table[c + 1] * KV + g) * D * 16, D * 16);
-        for (int h = 0; h < PER; h++) acc[h] = _mm512_setzero_ps();
-        for (int i = 0; i < D; i++) {
-            const __m512 k = load16(kc, bf16, base + (size_t)i * 16);
-            for (int h = 0; h < PER; h++) acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(q[h * D + i]), k, acc[h]);
-        }
+        const size_t bg = (size_t)table[c] * KV + g;
+        if (c + 1 < c1) prefetch_block(kc, bf16, ((size_t)table[c + 1] * KV + g) * blk, (int)blk);
+#if ZEN_BF16
+        if (bf16) scores_bf16((const int32_t *)qb, PER, D, (const uint16_t *)kc + bg * blk, acc);
+        else
+#endif
+            scores_f32(q, PER, D, (const float *)kc + bg * blk, acc);
         const __mmask16 keep = span(c, start, n);
         for (int h = 0; h < PER; h++) {
             const __m512 s = _mm512_mask_blend_ps(keep, _mm512_set1_ps(-INFINITY), _mm512_mul_ps(acc[h], _mm512_set1_ps(scale)));
@@ -381,19 +414,39 @@ static inline __attribute__((always_inline)) void attend16(const float *q, const
             sum = _mm512_add_ps(sum, e);
         }
         inv[h] = 1.f / _mm512_reduce_add_ps(sum);
+#if ZEN_BF16
+        if (bf16) to_bf16(p + (size_t)h * np + c0 * 16, (c1 - c0) * 16, pb + (size_t)h * np + c0 * 16);
+#endif
     }
     for (int i0 = 0; i0 < D; i0 += 32) { /* values, 32 dimensions at a time */
-        const int two = i0 + 16 < D;
         for (int h = 0; h < 2 * PER; h++) acc[h] = _mm512_setzero_ps();
         for (int c = c0; c < c1; c++) {
             const __mmask16 keep = span(c, start, n);
             const int t0 = __builtin_ctz(keep), t1 = 32 - __builtin_clz(keep);
-            const size_t base = ((size_t)table[c] * KV + g) * 16 * D + i0;
-            if (c + 1 < c1) prefetch_block(vc, bf16, ((size_t)table[c + 1] * KV + g) * 16 * D, 16 * D);
+            const size_t bg = (size_t)table[c] * KV + g;
+            if (c + 1 < c1) prefetch_block(vc, bf16, ((size_t)table[c + 1] * KV + g) * blk, (int)blk);
+#if ZEN_BF16
+            if (bf16) { /* a pair of tokens per op; a pair's token outside the span is masked out,
+                         * since its never-written value could be NaN */
+                const uint16_t *vb = (const uint16_t *)vc + bg * blk + (size_t)i0 * 2;
+                const int32_t *pp = (const int32_t *)(pb + c * 16);
+                for (int u = t0 / 2; u <= (t1 - 1) / 2; u++) {
+                    const __mmask32 m = (2 * u < t0 ? 0xAAAAAAAAu : 0xFFFFFFFFu) & (2 * u + 1 >= t1 ? 0x55555555u : 0xFFFFFFFFu);
+                    const __m512bh v0 = (__m512bh)_mm512_maskz_loadu_epi16(m, vb + (size_t)u * D * 2);
+                    const __m512bh v1 = (__m512bh)_mm512_maskz_loadu_epi16(m, vb + (size_t)u * D * 2 + 32);
+                    for (int h = 0; h < PER; h++) {
+                        const __m512bh w = (__m512bh)_mm512_set1_epi32(pp[(size_t)h * np / 2 + u]);
+                        acc[2 * h] = _mm512_dpbf16_ps(acc[2 * h], v0, w);
+                        acc[2 * h + 1] = _mm512_dpbf16_ps(acc[2 * h + 1], v1, w);
+                    }
+                }
+                continue;
+            }
+#endif
+            const float *vf = (const float *)vc + bg * blk + i0;
             const float *pc = p + c * 16;
             for (int t = t0; t < t1; t++) {
-                const __m512 v0 = load16(vc, bf16, base + (size_t)t * D);
-                const __m512 v1 = two ? load16(vc, bf16, base + (size_t)t * D + 16) : _mm512_setzero_ps();
+                const __m512 v0 = _mm512_loadu_ps(vf + (size_t)t * D), v1 = _mm512_loadu_ps(vf + (size_t)t * D + 16);
                 for (int h = 0; h < PER; h++) {
                     const __m512 w = _mm512_set1_ps(pc[(size_t)h * np + t]);
                     acc[2 * h] = _mm512_fmadd_ps(w, v0, acc[2 * h]);
@@ -403,29 +456,27 @@ static inline __attribute__((always_inline)) void attend16(const float *q, const
         }
         for (int h = 0; h < PER; h++) {
             _mm512_storeu_ps(o + (size_t)h * D + i0, _mm512_mul_ps(acc[2 * h], _mm512_set1_ps(inv[h])));
-            if (two) _mm512_storeu_ps(o + (size_t)h * D + i0 + 16, _mm512_mul_ps(acc[2 * h + 1], _mm512_set1_ps(inv[h])));
+            _mm512_storeu_ps(o + (size_t)h * D + i0 + 16, _mm512_mul_ps(acc[2 * h + 1], _mm512_set1_ps(inv[h])));
         }
     }
+    (void)P;
 }
 #endif
 
-/* Any block size and head count, in plain C: the same math as attend16. */
+/* Any block size, head count and CPU, in plain C: the same math (in float32 throughout). */
 static void attend_any(const float *q, int per, int D, const void *kc, const void *vc, int bf16, int bs,
                        const int64_t *table, int KV, int g, int start, int n, float scale, float *o) {
-    float *p = malloc(sizeof(float) * (size_t)per * n), *buf = malloc(sizeof(float) * (size_t)D * bs);
+    const int P = bf16 ? 2 : 1;
+    float *p = malloc(sizeof(float) * (size_t)per * n);
     for (int c = start / bs; c * bs < n; c++) { /* scores, a block of keys at a time */
         const int t0 = start > c * bs ? start - c * bs : 0, t1 = n - c * bs < bs ? n - c * bs : bs;
-        const float *k = as_f32(kc, bf16, ((size_t)table[c] * KV + g) * D * bs, D * bs, buf);
-        for (int h = 0; h < per; h++) {
-            float *ph = p + (size_t)h * n + c * bs;
-            for (int j = t0; j < t1; j++) ph[j] = 0.f;
-            for (int i = 0; i < D; i++) {
-                const float qi = q[h * D + i], *ki = k + (size_t)i * bs;
-#pragma omp simd
-                for (int j = t0; j < t1; j++) ph[j] += qi * ki[j];
+        const size_t bg = (size_t)table[c] * KV + g;
+        for (int h = 0; h < per; h++)
+            for (int j = t0; j < t1; j++) {
+                float sc = 0.f;
+                for (int i = 0; i < D; i++) sc += q[h * D + i] * get(kc, bf16, k_at(bg, D, bs, P, i, j));
+                p[(size_t)h * n + c * bs + j] = sc * scale;
             }
-            for (int j = t0; j < t1; j++) ph[j] *= scale;
-        }
     }
     float inv[per];
     for (int h = 0; h < per; h++) { /* softmax; the 1 / sum is applied to the output */
@@ -438,23 +489,22 @@ static void attend_any(const float *q, int per, int D, const void *kc, const voi
     }
     for (int c = start / bs; c * bs < n; c++) { /* the weighted sum of values */
         const int t0 = start > c * bs ? start - c * bs : 0, t1 = n - c * bs < bs ? n - c * bs : bs;
-        const float *v = as_f32(vc, bf16, ((size_t)table[c] * KV + g) * bs * D, D * bs, buf);
+        const size_t bg = (size_t)table[c] * KV + g;
         for (int h = 0; h < per; h++)
             for (int j = t0; j < t1; j++) {
-                const float w = p[(size_t)h * n + c * bs + j], *vj = v + (size_t)j * D;
-#pragma omp simd
-                for (int i = 0; i < D; i++) o[h * D + i] += w * vj[i];
+                const float w = p[(size_t)h * n + c * bs + j];
+                for (int i = 0; i < D; i++) o[h * D + i] += w * get(vc, bf16, v_at(bg, D, bs, P, j, i));
             }
     }
     for (int h = 0; h < per; h++)
         for (int i = 0; i < D; i++) o[h * D + i] *= inv[h];
-    free(p); free(buf);
+    free(p);
 }
 
 void zen_attention(float *qkv, int B, int T, int H, int KV, int D, const float *cos, const float *sin,
                    void *kc, void *vc, int kv_bf16, int bs, const int64_t *tables, int nb, const int64_t *ctx,
                    int window, float scale, float *out) {
-    const int W = (H + 2 * KV) * D, per = H / KV;
+    const int W = (H + 2 * KV) * D, per = H / KV, P = kv_bf16 ? 2 : 1;
     for (int b = 0; b < B; b++) /* rotate and store the new tokens' k, v */
         for (int t = 0; t < T; t++) {
             const size_t r = (size_t)b * T + t;
@@ -463,8 +513,8 @@ void zen_attention(float *qkv, int B, int T, int H, int KV, int D, const float *
             const int64_t pos = ctx[b] - T + t, blk = tables[(size_t)b * nb + pos / bs], off = pos % bs;
             for (int g = 0; g < KV; g++)
                 for (int i = 0; i < D; i++) {
-                    put(kc, kv_bf16, (((size_t)blk * KV + g) * D + i) * bs + off, row[(H + g) * D + i]);
-                    put(vc, kv_bf16, (((size_t)blk * KV + g) * bs + off) * D + i, row[(H + KV + g) * D + i]);
+                    put(kc, kv_bf16, k_at((size_t)blk * KV + g, D, bs, P, i, (int)off), row[(H + g) * D + i]);
+                    put(vc, kv_bf16, v_at((size_t)blk * KV + g, D, bs, P, (int)off, i), row[(H + KV + g) * D + i]);
                 }
         }
 #pragma omp parallel for schedule(dynamic, 1) collapse(3)
@@ -477,15 +527,16 @@ void zen_attention(float *qkv, int B, int T, int H, int KV, int D, const float *
                 const float *q = qkv + r * W + (size_t)g * per * D;
                 float *o = out + r * H * D + (size_t)g * per * D;
 #if ZEN_VNNI
-                if (bs == 16 && D % 16 == 0 && per <= 8) {
+                if (bs == 16 && D % 32 == 0 && D <= 256 && per <= 8 && (ZEN_BF16 || !kv_bf16)) {
                     const int np = (n + 15) / 16 * 16;
                     float *p = malloc(sizeof(float) * (size_t)per * np);
+                    uint16_t *pb = malloc(sizeof(uint16_t) * (size_t)per * np);
                     switch (per) {
-#define PER_CASE(k) case k: attend16(q, k, D, kc, vc, kv_bf16, table, KV, g, start, n, scale, p, np, o); break;
+#define PER_CASE(k) case k: attend16(q, k, D, kc, vc, kv_bf16, table, KV, g, start, n, scale, p, pb, np, o); break;
                     PER_CASE(1) PER_CASE(2) PER_CASE(3) PER_CASE(4) PER_CASE(5) PER_CASE(6) PER_CASE(7) PER_CASE(8)
 #undef PER_CASE
                     }
-                    free(p);
+                    free(p); free(pb);
                     continue;
                 }
 #endif
