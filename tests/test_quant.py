@@ -32,6 +32,20 @@ def test_kernel_equals_float_math_on_the_dequantized_weight(bits, dtype):
         assert ((got.float() - want).norm() / want.norm()).item() < 0.012
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swiglu_input_equals_silu_times_up(dtype):
+    """QLinear.swiglu([gate, up]) is the down projection of silu(gate) * up, made inside the kernel."""
+    torch.manual_seed(0)
+    q = QLinear.from_float(torch.randn(40, 64), None, 4)
+    for M in (1, 9):
+        gate_up = (torch.randn(M, 128) * 3).to(dtype)
+        gate, up = gate_up.float().chunk(2, dim=-1)
+        want = torch.nn.functional.linear(torch.nn.functional.silu(gate) * up, q.dequantize())
+        got = q.swiglu(gate_up)
+        assert got.dtype == dtype and got.shape == (M, 40)
+        assert ((got.float() - want).norm() / want.norm()).item() < 0.012
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 def test_native_and_torch_quantizers_write_the_same_bytes(bits):
     assert lib() is not None, "the C kernels did not build (is gcc installed?)"

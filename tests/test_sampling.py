@@ -104,6 +104,20 @@ def test_greedy_is_argmax():
     assert torch.equal(out, logits.argmax(-1))
 
 
+def test_native_argmax_equals_torch_including_ties_infinities_and_nan():
+    from zenlm.engine.sampling import argmax
+
+    torch.manual_seed(0)
+    x = torch.randn(6, 1000)
+    x[1, 7] = x[1, 900] = 50.0  # a tie: the first index wins
+    x[2] = float("-inf")
+    x[3, 999] = float("inf")
+    x[4, 500] = float("nan")  # torch points at the NaN
+    x[5, 3] = float("nan"); x[5, 20] = float("nan")
+    assert torch.equal(argmax(x), x.argmax(-1))
+    assert torch.equal(argmax(x[:, :37]), x[:, :37].argmax(-1))  # a width that is not whole vectors
+
+
 def test_top_k_one_equals_greedy():
     torch.manual_seed(3)
     logits = torch.randn(8, 100)

@@ -197,7 +197,10 @@ class MLP(nn.Module):
         if self.gate_up_proj is None:
             gate, up = self.gate_proj(x), self.up_proj(x)
         else:
-            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            gate_up = self.gate_up_proj(x)
+            if hasattr(self.down_proj, "swiglu"):  # a quantized projection takes silu(gate) * up itself
+                return self.down_proj.swiglu(gate_up)
+            gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 

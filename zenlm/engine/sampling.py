@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from zenlm.quant.native import lib
+
 # What a None field means when neither the request nor the model's generation_config sets it.
 NEUTRAL = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
 MAX_LOGPROBS = 20  # top alternatives a request may ask for per token (OpenAI's limit)
@@ -186,6 +188,17 @@ def apply_warpers(logits: torch.Tensor, params: list[SamplingParams]) -> torch.T
     return logits
 
 
+def argmax(logits: torch.Tensor) -> torch.Tensor:
+    """logits.argmax(-1) for float32 [B, V]; on the CPU in zenlm's C kernel, a row per thread."""
+    native = lib() if logits.device.type == "cpu" and logits.dtype == torch.float32 else None
+    if native is None:
+        return logits.argmax(dim=-1)
+    logits = logits.contiguous()
+    out = torch.empty(logits.shape[0], dtype=torch.long)
+    native.zen_argmax(logits.data_ptr(), logits.shape[0], logits.shape[1], out.data_ptr())
+    return out
+
+
 def sample(
     logits: torch.Tensor,
     params: list[SamplingParams],
@@ -199,7 +212,7 @@ def sample(
     assert all(p.temperature is not None for p in params), "sample() needs resolved SamplingParams"
     logits = apply_processors(logits.float(), params, histories, prompt_lens)  # [B, V]
     logits = apply_penalties(logits, params, histories, prompt_lens)
-    tokens = logits.argmax(dim=-1)  # [B]; the answer for greedy rows
+    tokens = argmax(logits)  # [B]; the answer for greedy rows
     rows = [i for i, p in enumerate(params) if p.temperature > 0]
     if not rows:
         return tokens

@@ -61,16 +61,35 @@ static inline size_t byte_of(int bits, int r, int kk, int *high) {
     return (size_t)(qd / 2) * 64 + r * 4 + j;
 }
 
-/* One activation row -> int8 per group of 32: xq, its scales dx [K/32], dx * sum(xq) per group. */
-static void quantize_row(const void *x, int bf16, int K, int8_t *xq, float *dx, float *sx) {
+#if ZEN_VNNI
+static inline __m512 exp16(__m512 x);
+#endif
+
+/* One activation row -> int8 per group of 32: xq, its scales dx [K/32], dx * sum(xq) per group.
+ * glu: the row is [gate (K), up (K)] and the input is silu(gate) * up (SwiGLU's down projection). */
+static void quantize_row(const void *x, int bf16, int K, int glu, int8_t *xq, float *dx, float *sx) {
     float buf[G];
     for (int g = 0; g < K / G; g++) {
-        float amax = 0.f;
         for (int i = 0; i < G; i++) {
-            float v = bf16 ? bf16_to_f32(((const uint16_t *)x)[g * G + i]) : ((const float *)x)[g * G + i];
-            buf[i] = v;
-            amax = fabsf(v) > amax ? fabsf(v) : amax;
+            buf[i] = bf16 ? bf16_to_f32(((const uint16_t *)x)[g * G + i]) : ((const float *)x)[g * G + i];
         }
+        if (glu) {
+            float up[G];
+            for (int i = 0; i < G; i++)
+                up[i] = bf16 ? bf16_to_f32(((const uint16_t *)x)[K + g * G + i]) : ((const float *)x)[K + g * G + i];
+#if ZEN_VNNI
+            for (int i = 0; i < G; i += 16) {
+                const __m512 v = _mm512_loadu_ps(buf + i);
+                const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), v));
+                _mm512_storeu_ps(buf + i, _mm512_mul_ps(_mm512_div_ps(v, _mm512_add_ps(e, _mm512_set1_ps(1.f))),
+                                                        _mm512_loadu_ps(up + i)));
+            }
+#else
+            for (int i = 0; i < G; i++) buf[i] = buf[i] / (1.f + expf(-buf[i])) * up[i];
+#endif
+        }
+        float amax = 0.f;
+        for (int i = 0; i < G; i++) amax = fabsf(buf[i]) > amax ? fabsf(buf[i]) : amax;
         float inv = amax > 0.f ? 127.f / amax : 0.f;
         int sum = 0;
         for (int i = 0; i < G; i++) {
@@ -143,18 +162,21 @@ static inline int q_at(const uint8_t *blk, int bits, int r, int kk) {
     return bits == 8 ? b : high ? b >> 4 : b & 15;
 }
 
-/* y[M, N] = x[M, K] @ W^T + bias; x and y are float32 or bfloat16 (flags). K % 32 == 0. */
-void zen_linear(const void *x, int x_bf16, int M, int K, const uint8_t *qs, const f16 *d, const f16 *mn,
+/* y[M, N] = x[M, K] @ W^T + bias; x and y are float32 or bfloat16 (flags). K % 32 == 0. With glu,
+ * x is [M, 2K] and the input is silu(x[:, :K]) * x[:, K:]. */
+void zen_linear(const void *x, int x_bf16, int M, int K, int glu, const uint8_t *qs, const f16 *d, const f16 *mn,
                 int bits, int N, const float *bias, void *y, int y_bf16) {
     const int ng = K / G, tiles = (N + R - 1) / R;
     int8_t *xq = malloc((size_t)M * K);
     float *dx = malloc(sizeof(float) * (size_t)M * ng), *sx = malloc(sizeof(float) * (size_t)M * ng);
-    const size_t xs = (size_t)K * (x_bf16 ? 2 : 4), tb = block_bytes(bits) * ng;
-#pragma omp parallel for schedule(static) if (M > 1)
-    for (int m = 0; m < M; m++)
-        quantize_row((const char *)x + m * xs, x_bf16, K, xq + (size_t)m * K, dx + (size_t)m * ng, sx + (size_t)m * ng);
+    const size_t xs = (size_t)K * (glu ? 2 : 1) * (x_bf16 ? 2 : 4), tb = block_bytes(bits) * ng;
     const Act a = {xq, dx, sx, K, ng};
-#pragma omp parallel for schedule(static)
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+    for (int m = 0; m < M; m++)
+        quantize_row((const char *)x + m * xs, x_bf16, K, glu, xq + (size_t)m * K, dx + (size_t)m * ng, sx + (size_t)m * ng);
+#pragma omp for schedule(static)
     for (int t = 0; t < tiles; t++) {
         const uint8_t *qt = qs + t * tb;
         const f16 *dt = d + (size_t)t * ng * R, *mt = mn + (size_t)t * ng * R;
@@ -194,6 +216,7 @@ void zen_linear(const void *x, int x_bf16, int M, int K, const uint8_t *qs, cons
             }
 #endif
         }
+    }
     }
     free(xq); free(dx); free(sx);
 }
@@ -555,5 +578,34 @@ void zen_rmsnorm(const float *x, const float *w, float eps, int rows, int dim, f
         const float inv = 1.f / sqrtf(ss / dim + eps);
 #pragma omp simd
         for (int i = 0; i < dim; i++) out[(size_t)r * dim + i] = xr[i] * inv * w[i];
+    }
+}
+
+/* out[r] = the index of the first largest value of row r of x [rows, n] float32, or of its first NaN
+ * (torch.argmax's answer; greedy sampling) */
+void zen_argmax(const float *x, int rows, int n, int64_t *out) {
+#pragma omp parallel for schedule(static) if (rows > 1)
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * n;
+        float best = -INFINITY;
+        int j = 0, nan = 0;
+#if ZEN_VNNI
+        __m512 m = _mm512_set1_ps(-INFINITY);
+        __mmask16 unordered = 0;
+        for (; j + 16 <= n; j += 16) {
+            const __m512 v = _mm512_loadu_ps(xr + j);
+            unordered |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+            m = _mm512_max_ps(m, v);
+        }
+        best = _mm512_reduce_max_ps(m);
+        nan = unordered != 0;
+#endif
+        for (; j < n; j++) {
+            nan |= xr[j] != xr[j];
+            best = xr[j] > best ? xr[j] : best;
+        }
+        int at = 0;
+        while (at < n - 1 && !(nan ? xr[at] != xr[at] : xr[at] == best)) at++;
+        out[r] = at;
     }
 }

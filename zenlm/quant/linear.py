@@ -112,18 +112,29 @@ class QLinear(nn.Module):
         return g.view(q.shape[0], K)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run(x, glu=False)
+
+    def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """self(silu(gate) * up) for gate_up = [gate, up] along the last dim (an MLP's down projection):
+        the kernel makes its input while quantizing it, with no tensors in between."""
+        return self._run(gate_up, glu=True)
+
+    def _run(self, x: torch.Tensor, glu: bool) -> torch.Tensor:
         shape, K, N = x.shape, self.in_features, self.out_features
-        x2 = x.reshape(-1, K)
         native = lib() if x.device.type == "cpu" else None
         if native is None:
-            y = F.linear(x2, self.dequantize().to(x2.dtype), None if self.bias is None else self.bias.to(x2.dtype))
+            if glu:
+                gate, up = x.chunk(2, dim=-1)
+                x = F.silu(gate) * up
+            y = F.linear(x.reshape(-1, K), self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
             return y.view(*shape[:-1], N)
+        x2 = x.reshape(-1, shape[-1])
         if x2.dtype not in (torch.float32, torch.bfloat16):
             x2 = x2.float()
         x2 = x2.contiguous()
         bf16 = x2.dtype == torch.bfloat16
         y = torch.empty(x2.shape[0], N, dtype=x2.dtype)
-        native.zen_linear(x2.data_ptr(), bf16, x2.shape[0], K, self.qs.data_ptr(), self.d.data_ptr(),
+        native.zen_linear(x2.data_ptr(), bf16, x2.shape[0], K, glu, self.qs.data_ptr(), self.d.data_ptr(),
                           self.m.data_ptr(), self.bits, N, None if self.bias is None else self.bias.data_ptr(),
                           y.data_ptr(), bf16)
         return y.view(*shape[:-1], N)

@@ -27,11 +27,12 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-shared", "-fPI
 P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 SIGNATURES = {
     "zen_has_vnni": ([], I),
-    "zen_linear": ([P, I, I, I, P, P, P, I, I, P, P, I], None),
+    "zen_linear": ([P, I, I, I, I, P, P, P, I, I, P, P, I], None),
     "zen_quantize": ([P, I, I, I, P, P, P], None),
     "zen_dequant_rows": ([P, P, P, I, I, P, I, P], None),
     "zen_attention": ([P, I, I, I, I, I, P, P, P, P, I, I, P, I, P, I, F, P], None),
     "zen_rmsnorm": ([P, P, F, I, I, P], None),
+    "zen_argmax": ([P, I, I, P], None),
 }
 
 
