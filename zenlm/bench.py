@@ -81,4 +81,4 @@ def _kernels() -> str:
     from zenlm.quant.native import lib
 
     k = lib()
-    return "torch ops (no C kernels)" if k is None else "avx512-vnni" if k.zen_has_vnni() else "plain C"
+    return "torch ops (no C kernels)" if k is None else k.zen_isa().decode()

@@ -20,6 +20,12 @@
 #else
 #define ZEN_VNNI 0
 #endif
+#if !ZEN_VNNI && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#include <immintrin.h>
+#define ZEN_AVX2 1 /* the matmul on 256-bit integer multiply-adds (most laptops and desktops) */
+#else
+#define ZEN_AVX2 0
+#endif
 #if ZEN_VNNI && defined(__AVX512BF16__)
 #define ZEN_BF16 1 /* bfloat16 dot products: the attention over a bfloat16 cache */
 #else
@@ -49,7 +55,8 @@ static inline uint16_t f32_to_bf16(float f) { /* round to nearest even */
     return (uint16_t)(u >> 16);
 }
 
-int zen_has_vnni(void) { return ZEN_VNNI; }
+/* which code paths this build runs: the matmul's and, for a bfloat16 cache, the attention's */
+const char *zen_isa(void) { return ZEN_VNNI ? (ZEN_BF16 ? "avx512-vnni+bf16" : "avx512-vnni") : ZEN_AVX2 ? "avx2" : "plain C"; }
 
 static inline size_t block_bytes(int bits) { return (size_t)R * G * bits / 8; }
 
@@ -156,6 +163,59 @@ static void store_row(__m512 v, const float *bias, int n0, int nr, void *y, int 
 }
 #endif
 
+#if ZEN_AVX2
+/* The same tile product in 256-bit registers, 8 rows (half h of the tile) at a time: u8 x s8 pairs
+ * summed to int16 (vpmaddubsw), then to int32 (vpmaddwd). With 4-bit weights the eight int16 sums
+ * of a group stay below 8 * 2 * 15 * 127 < 2^15; an 8-bit weight is split into its two nibbles. */
+static inline __m256i dot_nibbles(const __m256i *w, const int32_t *x) {
+    __m256i s16 = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(x[0]));
+    for (int q = 1; q < 8; q++) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[q], _mm256_set1_epi32(x[q])));
+    return _mm256_madd_epi16(s16, _mm256_set1_epi16(1));
+}
+
+static inline __attribute__((always_inline)) void tile_avx2(const uint8_t *qt, const f16 *dt, const f16 *mt,
+                                                           int bits, const Act *a, int m0, const int MC,
+                                                           __m256 *acc /* [MC][2] */) {
+    const __m256i lo4 = _mm256_set1_epi8(0x0F);
+    for (int i = 0; i < 2 * MC; i++) acc[i] = _mm256_setzero_ps();
+    const size_t bb = block_bytes(bits);
+    for (int g = 0; g < a->ng; g++) {
+        const uint8_t *blk = qt + g * bb;
+        for (int h = 0; h < 2; h++) {
+            __m256i w[8], hi[8];
+            for (int o = 0; o < (bits == 4 ? 4 : 8); o++) {
+                const __m256i v = _mm256_loadu_si256((const __m256i *)(blk + o * 64 + h * 32));
+                if (bits == 4) {
+                    w[2 * o] = _mm256_and_si256(v, lo4);
+                    w[2 * o + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
+                } else {
+                    w[o] = _mm256_and_si256(v, lo4);
+                    hi[o] = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
+                }
+            }
+            const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(dt + g * R + 8 * h)));
+            const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mt + g * R + 8 * h)));
+            for (int i = 0; i < MC; i++) {
+                const size_t row = (size_t)(m0 + i);
+                const int32_t *x = (const int32_t *)(a->xq + row * a->K + g * G);
+                __m256i s = dot_nibbles(w, x);
+                if (bits == 8) s = _mm256_add_epi32(s, _mm256_slli_epi32(dot_nibbles(hi, x), 4));
+                __m256 *c = acc + 2 * i + h;
+                *c = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dv, _mm256_set1_ps(a->dx[row * a->ng + g])), *c);
+                *c = _mm256_fmadd_ps(mv, _mm256_set1_ps(a->sx[row * a->ng + g]), *c);
+            }
+        }
+    }
+}
+#endif
+
+/* row r of the tile's result (plus bias) into y, float32 or bfloat16 */
+static inline void store_one(float v, const float *bias, int n, void *y, int y_bf16) {
+    if (bias) v += bias[n];
+    if (y_bf16) ((uint16_t *)y)[n] = f32_to_bf16(v);
+    else ((float *)y)[n] = v;
+}
+
 static inline int q_at(const uint8_t *blk, int bits, int r, int kk) {
     int high;
     uint8_t b = blk[byte_of(bits, r, kk, &high)];
@@ -171,6 +231,7 @@ void zen_linear(const void *x, int x_bf16, int M, int K, int glu, const uint8_t 
     float *dx = malloc(sizeof(float) * (size_t)M * ng), *sx = malloc(sizeof(float) * (size_t)M * ng);
     const size_t xs = (size_t)K * (glu ? 2 : 1) * (x_bf16 ? 2 : 4), tb = block_bytes(bits) * ng;
     const Act a = {xq, dx, sx, K, ng};
+    (void)a; /* unused by the plain path */
 #pragma omp parallel
     {
 #pragma omp for schedule(static)
@@ -199,19 +260,37 @@ void zen_linear(const void *x, int x_bf16, int M, int K, int glu, const uint8_t 
                 size_t at = (size_t)(m0 + i) * N;
                 store_row(acc[i], bias, n0, nr, y_bf16 ? (void *)((uint16_t *)y + at) : (void *)((float *)y + at), y_bf16);
             }
+#elif ZEN_AVX2
+            __m256 acc[2 * 4];
+            for (int i0 = 0; i0 < mc; i0 += 4) { /* four rows at a time: 256-bit registers are fewer */
+                const int mc4 = mc - i0 < 4 ? mc - i0 : 4;
+                switch (mc4) {
+                case 1: tile_avx2(qt, dt, mt, bits, &a, m0 + i0, 1, acc); break;
+                case 2: tile_avx2(qt, dt, mt, bits, &a, m0 + i0, 2, acc); break;
+                case 3: tile_avx2(qt, dt, mt, bits, &a, m0 + i0, 3, acc); break;
+                default: tile_avx2(qt, dt, mt, bits, &a, m0 + i0, 4, acc); break;
+                }
+                for (int i = 0; i < mc4; i++) {
+                    float v[16];
+                    _mm256_storeu_ps(v, acc[2 * i]);
+                    _mm256_storeu_ps(v + 8, acc[2 * i + 1]);
+                    const size_t at = (size_t)(m0 + i0 + i) * N;
+                    for (int r = 0; r < nr; r++)
+                        store_one(v[r], bias, n0 + r, y_bf16 ? (void *)((uint16_t *)y + at) : (void *)((float *)y + at), y_bf16);
+                }
+            }
 #else
             for (int i = 0; i < mc; i++) {
                 const size_t row = (size_t)(m0 + i);
                 for (int r = 0; r < nr; r++) {
-                    float v = bias ? bias[n0 + r] : 0.f;
+                    float v = 0.f;
                     for (int g = 0; g < ng; g++) {
                         const uint8_t *blk = qt + g * block_bytes(bits);
                         int dot = 0;
                         for (int kk = 0; kk < G; kk++) dot += q_at(blk, bits, r, kk) * xq[row * K + g * G + kk];
                         v += (float)dt[g * R + r] * dx[row * ng + g] * (float)dot + (float)mt[g * R + r] * sx[row * ng + g];
                     }
-                    if (y_bf16) ((uint16_t *)y)[row * N + n0 + r] = f32_to_bf16(v);
-                    else ((float *)y)[row * N + n0 + r] = v;
+                    store_one(v, bias, n0 + r, y_bf16 ? (void *)((uint16_t *)y + row * N) : (void *)((float *)y + row * N), y_bf16);
                 }
             }
 #endif
@@ -486,20 +565,36 @@ static inline __attribute__((always_inline)) void attend16(const float *q, const
 }
 #endif
 
-/* Any block size, head count and CPU, in plain C: the same math (in float32 throughout). */
+/* A block of the cache as float32: its keys [D, bs] (a row per dimension), or its values [bs, D] */
+static void keys_f32(const void *kc, int bf16, size_t bg, int D, int bs, float *kb) {
+    for (int i = 0; i < D; i++)
+#pragma omp simd
+        for (int t = 0; t < bs; t++) kb[i * bs + t] = get(kc, bf16, k_at(bg, D, bs, bf16 ? 2 : 1, i, t));
+}
+
+static void values_f32(const void *vc, int bf16, size_t bg, int D, int bs, float *vb) {
+    for (int t = 0; t < bs; t++)
+#pragma omp simd
+        for (int i = 0; i < D; i++) vb[t * D + i] = get(vc, bf16, v_at(bg, D, bs, bf16 ? 2 : 1, t, i));
+}
+
+/* Any block size, head count and CPU, in plain C the compiler vectorises: float32 math throughout. */
 static void attend_any(const float *q, int per, int D, const void *kc, const void *vc, int bf16, int bs,
                        const int64_t *table, int KV, int g, int start, int n, float scale, float *o) {
-    const int P = bf16 ? 2 : 1;
-    float *p = malloc(sizeof(float) * (size_t)per * n);
+    float *p = malloc(sizeof(float) * (size_t)per * n), *buf = malloc(sizeof(float) * (size_t)D * bs);
     for (int c = start / bs; c * bs < n; c++) { /* scores, a block of keys at a time */
         const int t0 = start > c * bs ? start - c * bs : 0, t1 = n - c * bs < bs ? n - c * bs : bs;
-        const size_t bg = (size_t)table[c] * KV + g;
-        for (int h = 0; h < per; h++)
-            for (int j = t0; j < t1; j++) {
-                float sc = 0.f;
-                for (int i = 0; i < D; i++) sc += q[h * D + i] * get(kc, bf16, k_at(bg, D, bs, P, i, j));
-                p[(size_t)h * n + c * bs + j] = sc * scale;
+        keys_f32(kc, bf16, (size_t)table[c] * KV + g, D, bs, buf);
+        for (int h = 0; h < per; h++) {
+            float *ph = p + (size_t)h * n + c * bs;
+            for (int j = t0; j < t1; j++) ph[j] = 0.f;
+            for (int i = 0; i < D; i++) {
+                const float qi = q[h * D + i], *ki = buf + (size_t)i * bs;
+#pragma omp simd
+                for (int j = t0; j < t1; j++) ph[j] += qi * ki[j];
             }
+            for (int j = t0; j < t1; j++) ph[j] *= scale;
+        }
     }
     float inv[per];
     for (int h = 0; h < per; h++) { /* softmax; the 1 / sum is applied to the output */
@@ -512,16 +607,17 @@ static void attend_any(const float *q, int per, int D, const void *kc, const voi
     }
     for (int c = start / bs; c * bs < n; c++) { /* the weighted sum of values */
         const int t0 = start > c * bs ? start - c * bs : 0, t1 = n - c * bs < bs ? n - c * bs : bs;
-        const size_t bg = (size_t)table[c] * KV + g;
+        values_f32(vc, bf16, (size_t)table[c] * KV + g, D, bs, buf);
         for (int h = 0; h < per; h++)
             for (int j = t0; j < t1; j++) {
-                const float w = p[(size_t)h * n + c * bs + j];
-                for (int i = 0; i < D; i++) o[h * D + i] += w * get(vc, bf16, v_at(bg, D, bs, P, j, i));
+                const float w = p[(size_t)h * n + c * bs + j], *vj = buf + (size_t)j * D;
+#pragma omp simd
+                for (int i = 0; i < D; i++) o[h * D + i] += w * vj[i];
             }
     }
     for (int h = 0; h < per; h++)
         for (int i = 0; i < D; i++) o[h * D + i] *= inv[h];
-    free(p);
+    free(p); free(buf);
 }
 
 void zen_attention(float *qkv, int B, int T, int H, int KV, int D, const float *cos, const float *sin,

@@ -26,7 +26,7 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-shared", "-fPI
 
 P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
 SIGNATURES = {
-    "zen_has_vnni": ([], I),
+    "zen_isa": ([], ctypes.c_char_p),
     "zen_linear": ([P, I, I, I, I, P, P, P, I, I, P, P, I], None),
     "zen_quantize": ([P, I, I, I, P, P, P], None),
     "zen_dequant_rows": ([P, P, P, I, I, P, I, P], None),
@@ -48,25 +48,33 @@ def _cpu_id() -> str:
 def lib() -> ctypes.CDLL | None:
     if os.environ.get("ZEN_NO_NATIVE"):
         return None
+    try:
+        return build("native")
+    except OSError as e:
+        warnings.warn(f"zenlm: the C kernels did not build ({e}); quantized models run on slower torch ops")
+        return None
+
+
+@cache
+def build(march: str) -> ctypes.CDLL | None:
+    """The kernels compiled for `march` ("native": this CPU; "x86-64-v3": AVX2; "x86-64": plain C) and
+    loaded; None without a C compiler; OSError when the build fails."""
     import torch  # noqa: F401  (loads torch's OpenMP runtime first, so the kernels share its threads)
 
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         return None
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS + [cc, _cpu_id()]).encode()).hexdigest()[:16]
+    flags = [f if f != "-march=native" else f"-march={march}" for f in FLAGS]
+    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags + [cc, _cpu_id()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"kernels-{key}.so"
     if not target.exists():
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-                out = Path(tmp) / target.name
-                r = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", str(out), "-lm"], capture_output=True, text=True)
-                if r.returncode != 0:
-                    raise OSError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "compiler failed")
-                os.replace(out, target)  # atomic: a concurrent build never leaves a half-written file
-        except OSError as e:
-            warnings.warn(f"zenlm: the C kernels did not build ({e}); quantized models run on slower torch ops")
-            return None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            out = Path(tmp) / target.name
+            r = subprocess.run([cc, *flags, str(SOURCE), "-o", str(out), "-lm"], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise OSError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "compiler failed")
+            os.replace(out, target)  # atomic: a concurrent build never leaves a half-written file
     dll = ctypes.CDLL(str(target))
     for name, (args, res) in SIGNATURES.items():
         fn = getattr(dll, name)
