@@ -93,21 +93,23 @@ def test_quantize_model_swaps_every_linear_it_can():
 
 
 @pytest.mark.parametrize("bs", [4, 16])  # 16: the AVX-512 path, 4: the plain one
-@pytest.mark.parametrize("B,T", [(3, 1), (1, 6)])  # a decode batch; a prefill chunk
-def test_attention_kernel_equals_sdpa(kernels, bs, B, T):
+@pytest.mark.parametrize("B,T,contexts", [(3, 1, (5, 35, 1)), (1, 6, (35,)),  # a decode batch; a prefill chunk
+                                          (2, 1, (600, 300)), (1, 20, (600,))])  # several key chunks; query tiles
+def test_attention_kernel_equals_sdpa(kernels, bs, B, T, contexts):
     """zen_attention (rope, cache write, attention over each row's own blocks) against torch."""
     torch.manual_seed(0)
-    H, KV, D, nblk = 4, 2, 32, 12
-    ctx = torch.tensor([5, 2 * bs + 3, 1][:B]) if T == 1 else torch.tensor([2 * bs + 3])
+    H, KV, D = 4, 2, 32
+    ctx = torch.tensor(contexts)
+    nb = max(contexts) // bs + 1  # blocks per row, one more than the longest context needs
+    nblk = B * nb + 1
     for kv_dtype in (torch.float32, torch.bfloat16):
         P = 2 if kv_dtype == torch.bfloat16 else 1  # values side by side in the cache
-        for window in (0, 4, 3):
+        for window in (0, 4, 3, 300):
             kc = torch.randn(nblk, KV, D // P, bs, P).to(kv_dtype)  # keys transposed inside a block
             vc = torch.randn(nblk, KV, bs // P, D, P).to(kv_dtype)
-
-            tables = torch.randperm(nblk)[:B * 3].view(B, 3)  # [B, 3 blocks], none shared
+            tables = torch.randperm(nblk)[:B * nb].view(B, nb)  # [B, nb blocks], none shared
             for b in range(B):  # never-written slots past a row's context may hold NaN
-                for pos in range(int(ctx[b]), 3 * bs):
+                for pos in range(int(ctx[b]), nb * bs):
                     blk, off = tables[b, pos // bs], pos % bs
                     kc[blk, :, :, off] = vc[blk, :, off // P, :, off % P] = float("nan")
             qkv = torch.randn(B, T, (H + 2 * KV) * D)
@@ -133,7 +135,7 @@ def test_attention_kernel_equals_sdpa(kernels, bs, B, T):
                     want[b, t] = o.reshape(H * D)
             out = torch.empty(B, T, H * D)
             kernels.zen_attention(qkv.data_ptr(), B, T, H, KV, D, cos.data_ptr(), sin.data_ptr(), kc.data_ptr(),
-                                vc.data_ptr(), kv_dtype == torch.bfloat16, bs, tables.data_ptr(), 3,
+                                vc.data_ptr(), kv_dtype == torch.bfloat16, bs, tables.data_ptr(), nb,
                                 ctx.data_ptr(), window, D ** -0.5, out.data_ptr())
             # a bfloat16 cache on AVX512-BF16 (bs 16): q and the probabilities are rounded to bfloat16 too
             bf16_math = kv_dtype == torch.bfloat16 and bs == 16 and b"bf16" in kernels.zen_isa()

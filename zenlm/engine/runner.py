@@ -15,7 +15,6 @@ from zenlm.model import Transformer
 from zenlm.quant.native import lib
 
 FAR = 1 << 30  # the position given to padding keys: above every query, so always masked
-LONG_PREFILL = 8192  # prefill chunks attending to more keys than this take torch's attention
 
 
 class PagedKVCache:
@@ -68,8 +67,6 @@ class PagedKVCache:
         batch, or one prefill chunk: the runner never pads under `native`); None: take torch's path."""
         if not self.native or qkv.dtype != torch.float32:
             return None
-        if qkv.shape[1] > 1 and self.key_pos.shape[1] > LONG_PREFILL:  # torch's flash attention reuses
-            return None  # each key across queries: faster for long prefill (rounding may then vary with chunking)
         H, KV, D = self.heads
         B, T, _ = qkv.shape
         nb = self.tables.shape[1]

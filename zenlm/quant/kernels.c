@@ -32,6 +32,8 @@
 #define ZEN_BF16 0
 #endif
 
+#define QT 16     /* attention: query rows per task (a prefill chunk's), sharing each chunk of keys */
+#define CHUNK 256 /* attention: keys per chunk (16 blocks) */
 #define G 32   /* group size along K */
 #define R 16   /* rows per tile */
 #define MT 8   /* activation rows per pass over a tile */
@@ -476,92 +478,122 @@ static inline void to_bf16(const float *x, int n, uint16_t *y) { /* n % 16 == 0;
 #endif
 
 /* The common case, blocks of 16 keys, D % 32 == 0 and PER <= 8 query heads per kv head (a constant
- * per call site, so the heads' accumulators stay in registers). p [PER, np] is scratch for the
- * probabilities, pb for them in bfloat16; o [PER, D] gets the attention output. */
-static inline __attribute__((always_inline)) void attend16(const float *q, const int PER, int D, const void *kc,
-                                                          const void *vc, int bf16, const int64_t *table, int KV,
-                                                          int g, int start, int n, float scale, float *p,
-                                                          uint16_t *pb, int np, float *o) {
-    const int c0 = start / 16, c1 = (n + 15) / 16, P = bf16 ? 2 : 1;
+ * per call site, so the heads' accumulators stay in registers). Query rows r < nq (q [nq, PER * D]
+ * with row stride qs; o likewise with stride os) of one sequence, row r seeing keys [start[r],
+ * n[r]). Online softmax over chunks of 256 keys, each chunk read from memory once for all the rows;
+ * a row's result depends only on its own keys and query, never on the other rows of the task.
+ * work: scratch floats, (PER * CHUNK) * 3 / 2 + nq * PER * (D * 3 / 2 + 2). */
+static inline __attribute__((always_inline)) void attend16(const float *q, size_t qs, int nq, const int PER, int D,
+                                                          const void *kc, const void *vc, int bf16,
+                                                          const int64_t *table, int KV, int g, const int *start,
+                                                          const int *n, float scale, float *o, size_t os,
+                                                          float *work) {
     const size_t blk = (size_t)D * 16; /* values per (block, kv head) */
-    __m512 mx[8], acc[16];
+    float *p = work, *acc_all = p + PER * CHUNK, *m = acc_all + (size_t)nq * PER * D, *l = m + nq * PER;
+    uint16_t *pb = (uint16_t *)(l + nq * PER), *qb = pb + PER * CHUNK;
+    int cmin = start[0] / 16, cmax = 0;
+    for (int r = 0; r < nq; r++) {
+        cmin = start[r] / 16 < cmin ? start[r] / 16 : cmin;
+        cmax = (n[r] + 15) / 16 > cmax ? (n[r] + 15) / 16 : cmax;
+        for (int h = 0; h < PER; h++) m[r * PER + h] = -INFINITY, l[r * PER + h] = 0.f;
 #if ZEN_BF16
-    uint16_t qb[8 * 256];
-    if (bf16) to_bf16(q, PER * D, qb);
-#endif
-    for (int h = 0; h < PER; h++) mx[h] = _mm512_set1_ps(-INFINITY);
-    for (int c = c0; c < c1; c++) { /* scores, and their running max */
-        const size_t bg = (size_t)table[c] * KV + g;
-        if (c + 1 < c1) prefetch_block(kc, bf16, ((size_t)table[c + 1] * KV + g) * blk, (int)blk);
-#if ZEN_BF16
-        if (bf16) scores_bf16((const int32_t *)qb, PER, D, (const uint16_t *)kc + bg * blk, acc);
-        else
-#endif
-            scores_f32(q, PER, D, (const float *)kc + bg * blk, acc);
-        const __mmask16 keep = span(c, start, n);
-        for (int h = 0; h < PER; h++) {
-            const __m512 s = _mm512_mask_blend_ps(keep, _mm512_set1_ps(-INFINITY), _mm512_mul_ps(acc[h], _mm512_set1_ps(scale)));
-            _mm512_storeu_ps(p + (size_t)h * np + c * 16, s);
-            mx[h] = _mm512_max_ps(mx[h], s);
-        }
-    }
-    float inv[8];
-    for (int h = 0; h < PER; h++) { /* p = exp(s - max), 0 outside the span; inv = 1 / sum */
-        const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx[h]));
-        __m512 sum = _mm512_setzero_ps();
-        for (int c = c0; c < c1; c++) {
-            float *ph = p + (size_t)h * np + c * 16;
-            const __m512 e = _mm512_maskz_mov_ps(span(c, start, n), exp16(_mm512_sub_ps(_mm512_loadu_ps(ph), m)));
-            _mm512_storeu_ps(ph, e);
-            sum = _mm512_add_ps(sum, e);
-        }
-        inv[h] = 1.f / _mm512_reduce_add_ps(sum);
-#if ZEN_BF16
-        if (bf16) to_bf16(p + (size_t)h * np + c0 * 16, (c1 - c0) * 16, pb + (size_t)h * np + c0 * 16);
+        if (bf16) to_bf16(q + r * qs, PER * D, qb + (size_t)r * PER * D);
 #endif
     }
-    for (int i0 = 0; i0 < D; i0 += 32) { /* values, 32 dimensions at a time */
-        for (int h = 0; h < 2 * PER; h++) acc[h] = _mm512_setzero_ps();
-        for (int c = c0; c < c1; c++) {
-            const __mmask16 keep = span(c, start, n);
-            const int t0 = __builtin_ctz(keep), t1 = 32 - __builtin_clz(keep);
-            const size_t bg = (size_t)table[c] * KV + g;
-            if (c + 1 < c1) prefetch_block(vc, bf16, ((size_t)table[c + 1] * KV + g) * blk, (int)blk);
+    memset(acc_all, 0, sizeof(float) * (size_t)nq * PER * D);
+    for (int cc = cmin; cc < cmax; cc += CHUNK / 16) {
+        const int ce = cc + CHUNK / 16 < cmax ? cc + CHUNK / 16 : cmax;
+        for (int r = 0; r < nq; r++) {
+            const int c0 = start[r] / 16 > cc ? start[r] / 16 : cc, c1 = (n[r] + 15) / 16 < ce ? (n[r] + 15) / 16 : ce;
+            if (c0 >= c1) continue;
+            __m512 cm[8], s[8];
+            for (int h = 0; h < PER; h++) cm[h] = _mm512_set1_ps(-INFINITY);
+            for (int c = c0; c < c1; c++) { /* scores, and the chunk's max */
+                const size_t bg = (size_t)table[c] * KV + g;
+                if (r == 0 && c + 1 < c1) prefetch_block(kc, bf16, ((size_t)table[c + 1] * KV + g) * blk, (int)blk);
 #if ZEN_BF16
-            if (bf16) { /* a pair of tokens per op; a pair's token outside the span is masked out,
-                         * since its never-written value could be NaN */
-                const uint16_t *vb = (const uint16_t *)vc + bg * blk + (size_t)i0 * 2;
-                const int32_t *pp = (const int32_t *)(pb + c * 16);
-                for (int u = t0 / 2; u <= (t1 - 1) / 2; u++) {
-                    const __mmask32 m = (2 * u < t0 ? 0xAAAAAAAAu : 0xFFFFFFFFu) & (2 * u + 1 >= t1 ? 0x55555555u : 0xFFFFFFFFu);
-                    const __m512bh v0 = (__m512bh)_mm512_maskz_loadu_epi16(m, vb + (size_t)u * D * 2);
-                    const __m512bh v1 = (__m512bh)_mm512_maskz_loadu_epi16(m, vb + (size_t)u * D * 2 + 32);
-                    for (int h = 0; h < PER; h++) {
-                        const __m512bh w = (__m512bh)_mm512_set1_epi32(pp[(size_t)h * np / 2 + u]);
-                        acc[2 * h] = _mm512_dpbf16_ps(acc[2 * h], v0, w);
-                        acc[2 * h + 1] = _mm512_dpbf16_ps(acc[2 * h + 1], v1, w);
+                if (bf16) scores_bf16((const int32_t *)(qb + (size_t)r * PER * D), PER, D, (const uint16_t *)kc + bg * blk, s);
+                else
+#endif
+                    scores_f32(q + r * qs, PER, D, (const float *)kc + bg * blk, s);
+                const __mmask16 keep = span(c, start[r], n[r]);
+                for (int h = 0; h < PER; h++) {
+                    const __m512 v = _mm512_mask_blend_ps(keep, _mm512_set1_ps(-INFINITY), _mm512_mul_ps(s[h], _mm512_set1_ps(scale)));
+                    _mm512_storeu_ps(p + h * CHUNK + (c - cc) * 16, v);
+                    cm[h] = _mm512_max_ps(cm[h], v);
+                }
+            }
+            float *acc = acc_all + (size_t)r * PER * D;
+            for (int h = 0; h < PER; h++) { /* p = exp(s - new max); rescale what came before */
+                const float old = m[r * PER + h], mc = _mm512_reduce_max_ps(cm[h]), mx = mc > old ? mc : old;
+                const float alpha = expf(old - mx);
+                m[r * PER + h] = mx;
+                for (int i = 0; i < D; i += 16)
+                    _mm512_storeu_ps(acc + h * D + i, _mm512_mul_ps(_mm512_loadu_ps(acc + h * D + i), _mm512_set1_ps(alpha)));
+                __m512 sum = _mm512_setzero_ps();
+                for (int c = c0; c < c1; c++) {
+                    float *ph = p + h * CHUNK + (c - cc) * 16;
+                    const __m512 e = _mm512_maskz_mov_ps(span(c, start[r], n[r]), exp16(_mm512_sub_ps(_mm512_loadu_ps(ph), _mm512_set1_ps(mx))));
+                    _mm512_storeu_ps(ph, e);
+                    sum = _mm512_add_ps(sum, e);
+                }
+                l[r * PER + h] = l[r * PER + h] * alpha + _mm512_reduce_add_ps(sum);
+#if ZEN_BF16
+                if (bf16) to_bf16(p + h * CHUNK + (c0 - cc) * 16, (c1 - c0) * 16, pb + h * CHUNK + (c0 - cc) * 16);
+#endif
+            }
+            for (int i0 = 0; i0 < D; i0 += 32) { /* values, 32 dimensions at a time */
+                __m512 a[16];
+                for (int h = 0; h < PER; h++) {
+                    a[2 * h] = _mm512_loadu_ps(acc + h * D + i0);
+                    a[2 * h + 1] = _mm512_loadu_ps(acc + h * D + i0 + 16);
+                }
+                for (int c = c0; c < c1; c++) {
+                    const __mmask16 keep = span(c, start[r], n[r]);
+                    const int t0 = __builtin_ctz(keep), t1 = 32 - __builtin_clz(keep);
+                    const size_t bg = (size_t)table[c] * KV + g;
+                    if (r == 0 && i0 == 0 && c + 1 < c1) prefetch_block(vc, bf16, ((size_t)table[c + 1] * KV + g) * blk, (int)blk);
+#if ZEN_BF16
+                    if (bf16) { /* a pair of tokens per op; a pair's token outside the span is masked out,
+                                 * since its never-written value could be NaN */
+                        const uint16_t *vb = (const uint16_t *)vc + bg * blk + (size_t)i0 * 2;
+                        const int32_t *pp = (const int32_t *)(pb + (c - cc) * 16);
+                        for (int u = t0 / 2; u <= (t1 - 1) / 2; u++) {
+                            const __mmask32 k = (2 * u < t0 ? 0xAAAAAAAAu : 0xFFFFFFFFu) & (2 * u + 1 >= t1 ? 0x55555555u : 0xFFFFFFFFu);
+                            const __m512bh v0 = (__m512bh)_mm512_maskz_loadu_epi16(k, vb + (size_t)u * D * 2);
+                            const __m512bh v1 = (__m512bh)_mm512_maskz_loadu_epi16(k, vb + (size_t)u * D * 2 + 32);
+                            for (int h = 0; h < PER; h++) {
+                                const __m512bh w = (__m512bh)_mm512_set1_epi32(pp[h * CHUNK / 2 + u]);
+                                a[2 * h] = _mm512_dpbf16_ps(a[2 * h], v0, w);
+                                a[2 * h + 1] = _mm512_dpbf16_ps(a[2 * h + 1], v1, w);
+                            }
+                        }
+                        continue;
+                    }
+#endif
+                    const float *vf = (const float *)vc + bg * blk + i0, *pc = p + (c - cc) * 16;
+                    for (int t = t0; t < t1; t++) {
+                        const __m512 v0 = _mm512_loadu_ps(vf + (size_t)t * D), v1 = _mm512_loadu_ps(vf + (size_t)t * D + 16);
+                        for (int h = 0; h < PER; h++) {
+                            const __m512 w = _mm512_set1_ps(pc[h * CHUNK + t]);
+                            a[2 * h] = _mm512_fmadd_ps(w, v0, a[2 * h]);
+                            a[2 * h + 1] = _mm512_fmadd_ps(w, v1, a[2 * h + 1]);
+                        }
                     }
                 }
-                continue;
-            }
-#endif
-            const float *vf = (const float *)vc + bg * blk + i0;
-            const float *pc = p + c * 16;
-            for (int t = t0; t < t1; t++) {
-                const __m512 v0 = _mm512_loadu_ps(vf + (size_t)t * D), v1 = _mm512_loadu_ps(vf + (size_t)t * D + 16);
                 for (int h = 0; h < PER; h++) {
-                    const __m512 w = _mm512_set1_ps(pc[(size_t)h * np + t]);
-                    acc[2 * h] = _mm512_fmadd_ps(w, v0, acc[2 * h]);
-                    acc[2 * h + 1] = _mm512_fmadd_ps(w, v1, acc[2 * h + 1]);
+                    _mm512_storeu_ps(acc + h * D + i0, a[2 * h]);
+                    _mm512_storeu_ps(acc + h * D + i0 + 16, a[2 * h + 1]);
                 }
             }
         }
-        for (int h = 0; h < PER; h++) {
-            _mm512_storeu_ps(o + (size_t)h * D + i0, _mm512_mul_ps(acc[2 * h], _mm512_set1_ps(inv[h])));
-            _mm512_storeu_ps(o + (size_t)h * D + i0 + 16, _mm512_mul_ps(acc[2 * h + 1], _mm512_set1_ps(inv[h])));
-        }
     }
-    (void)P;
+    for (int r = 0; r < nq; r++)
+        for (int h = 0; h < PER; h++) {
+            const __m512 inv = _mm512_set1_ps(1.f / l[r * PER + h]);
+            for (int i = 0; i < D; i += 16)
+                _mm512_storeu_ps(o + r * os + h * D + i, _mm512_mul_ps(_mm512_loadu_ps(acc_all + ((size_t)r * PER + h) * D + i), inv));
+        }
 }
 #endif
 
@@ -636,30 +668,35 @@ void zen_attention(float *qkv, int B, int T, int H, int KV, int D, const float *
                     put(vc, kv_bf16, v_at((size_t)blk * KV + g, D, bs, P, (int)off, i), row[(H + KV + g) * D + i]);
                 }
         }
+    const int tiles = (T + QT - 1) / QT;
 #pragma omp parallel for schedule(dynamic, 1) collapse(3)
     for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++)
+        for (int tile = 0; tile < tiles; tile++)
             for (int g = 0; g < KV; g++) {
-                const size_t r = (size_t)b * T + t;
-                const int n = (int)(ctx[b] - T + t + 1), start = window > 0 && n > window ? n - window : 0;
+                const int t0 = tile * QT, nq = T - t0 < QT ? T - t0 : QT;
+                int start[QT], n[QT];
+                for (int r = 0; r < nq; r++) {
+                    n[r] = (int)(ctx[b] - T + t0 + r + 1);
+                    start[r] = window > 0 && n[r] > window ? n[r] - window : 0;
+                }
                 const int64_t *table = tables + (size_t)b * nb;
-                const float *q = qkv + r * W + (size_t)g * per * D;
-                float *o = out + r * H * D + (size_t)g * per * D;
+                const float *q = qkv + ((size_t)b * T + t0) * W + (size_t)g * per * D;
+                float *o = out + ((size_t)b * T + t0) * H * D + (size_t)g * per * D;
 #if ZEN_VNNI
-                if (bs == 16 && D % 32 == 0 && D <= 256 && per <= 8 && (ZEN_BF16 || !kv_bf16)) {
-                    const int np = (n + 15) / 16 * 16;
-                    float *p = malloc(sizeof(float) * (size_t)per * np);
-                    uint16_t *pb = malloc(sizeof(uint16_t) * (size_t)per * np);
+                if (bs == 16 && D % 32 == 0 && per <= 8 && (ZEN_BF16 || !kv_bf16)) {
+                    float *work = malloc(sizeof(float) * ((size_t)per * CHUNK * 3 / 2 + (size_t)nq * per * (D * 3 / 2 + 2)));
                     switch (per) {
-#define PER_CASE(k) case k: attend16(q, k, D, kc, vc, kv_bf16, table, KV, g, start, n, scale, p, pb, np, o); break;
+#define PER_CASE(k) case k: attend16(q, W, nq, k, D, kc, vc, kv_bf16, table, KV, g, start, n, scale, o, (size_t)H * D, work); break;
                     PER_CASE(1) PER_CASE(2) PER_CASE(3) PER_CASE(4) PER_CASE(5) PER_CASE(6) PER_CASE(7) PER_CASE(8)
 #undef PER_CASE
                     }
-                    free(p); free(pb);
+                    free(work);
                     continue;
                 }
 #endif
-                attend_any(q, per, D, kc, vc, kv_bf16, bs, table, KV, g, start, n, scale, o);
+                for (int r = 0; r < nq; r++)
+                    attend_any(q + (size_t)r * W, per, D, kc, vc, kv_bf16, bs, table, KV, g, start[r], n[r], scale,
+                               o + (size_t)r * H * D);
             }
 }
 

@@ -73,7 +73,8 @@ def build(march: str) -> ctypes.CDLL | None:
             out = Path(tmp) / target.name
             r = subprocess.run([cc, *flags, str(SOURCE), "-o", str(out), "-lm"], capture_output=True, text=True)
             if r.returncode != 0:
-                raise OSError(r.stderr.strip().splitlines()[-1] if r.stderr.strip() else "compiler failed")
+                errors = [ln for ln in r.stderr.splitlines() if "error" in ln] or r.stderr.strip().splitlines()
+                raise OSError(errors[0] if errors else "compiler failed")
             os.replace(out, target)  # atomic: a concurrent build never leaves a half-written file
     dll = ctypes.CDLL(str(target))
     for name, (args, res) in SIGNATURES.items():
