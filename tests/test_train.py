@@ -189,3 +189,17 @@ def test_batch_counts_and_bad_settings():
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="no training data"):
         Loader([], 1)
+
+
+def test_embedding_lr_scale_gives_the_embedding_its_own_lr(tmp_path):
+    docs = random_docs(8)
+    rows = pack_documents(docs, 32, 0)
+    m = tiny_model(tie_word_embeddings=False)
+    tr = Trainer(m, CrossEntropy(), Loader(rows, 2), collate, fp32(tmp_path, embedding_lr_scale=10.0))
+    emb = [g for g in tr.opt.param_groups if any(p is m.model.embed_tokens.weight for p in g["params"])]
+    assert len(emb) == 1 and len(emb[0]["params"]) == 1
+    assert emb[0]["lr"] == pytest.approx(10 * tr.opt.param_groups[0]["lr"]) and emb[0]["weight_decay"] == 0.0
+    before = m.model.embed_tokens.weight.detach().clone()
+    tr.train_step()
+    moved = (m.model.embed_tokens.weight.detach() - before).abs().amax(-1)  # [V]
+    assert moved[:256].max() > 0 and moved[256:].max() == 0  # tokens 256-299 never occur: their rows stay

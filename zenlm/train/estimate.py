@@ -2,8 +2,10 @@
 
 Weights (fp32, or 4-bit linears for QLoRA), gradients and AdamW states of what trains, activations
 saved for backward per block (bf16 autocast or fp32; all blocks, or block inputs plus one block
-with activation checkpointing), attention K/V and masks, and the chunked output head's buffers.
-Counted per tensor as trainer.py, losses.py and model.py allocate them; not a measurement.
+with activation checkpointing), attention K/V and masks, the chunked output head's buffers, and the
+process itself (Python, torch, tokenizer). The peak is the larger of a training step and loading
+(fp32 weights plus one tensor being dequantized). Counted per tensor as trainer.py, losses.py and
+model.py allocate them, with two measured constants (RUNTIME, the head's workspace); not a measurement.
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from zenlm.config import Config, param_counts
 from zenlm.train.losses import CHUNK
 
 GiB = 1024 ** 3
+# Resident memory of a `zen train` process before its model exists: Python, torch and its CPU
+# kernels, zenlm, the 151,936-token tokenizer and the tokenized data (measured: 0.33-0.36 GiB).
+RUNTIME = int(0.34 * GiB)
 
 
 def _linears(c: Config) -> list[tuple[int, int]]:
@@ -39,7 +44,8 @@ def estimate(c: Config, method: str = "full", seq_len: int = 512, batch: int = 1
         weights, trainable = 4 * P, P
     else:
         trainable = sum(lora_rank * (i + o) for i, o in _linears(c))
-        base = 4 * P if method == "lora" else 4 * (P - lin) + lin // 2 + (lin // 64) * 4
+        scales = sum(i * o // (64 if i % 64 == 0 else 32) * 4 for i, o in _linears(c))  # bf16 scale + low per block
+        base = 4 * P if method == "lora" else 4 * (P - lin) + lin // 2 + scales
         weights = base + 4 * trainable
     grads = 4 * trainable
     optimizer = 8 * trainable  # AdamW exp_avg + exp_avg_sq, fp32
@@ -67,10 +73,14 @@ def estimate(c: Config, method: str = "full", seq_len: int = 512, batch: int = 1
     if head_trains:
         head += V * h * 4 + V * h * a  # fp32 grad of the head weight and each chunk's part
     workspace = 2 * V * h * a  # the matmul library's packed copies of the head weight (measured, not derived)
-    out = {"weights": weights, "gradients": grads, "optimizer": optimizer, "activations": activations,
-           "kv": kv_bytes, "backward": backward, "head": head,
+    out = {"runtime": RUNTIME, "weights": weights, "gradients": grads, "optimizer": optimizer,
+           "activations": activations, "kv": kv_bytes, "backward": backward, "head": head,
            "workspace": workspace}
-    out["total"] = sum(out.values())
+    out["step"] = sum(out.values())
+    # Loading: the fp32 model plus its largest tensor (the embedding) being dequantized or cast beside
+    # it; QLoRA quantizes the linears only after that, so its load can outgrow its training step.
+    out["load"] = RUNTIME + 4 * P + 4 * V * h
+    out["total"] = max(out["step"], out["load"])
     return {"model": c.name, "method": method, "seq_len": seq_len, "batch": batch, "bf16": bf16,
             "checkpointing": checkpointing, "params": P, "trainable": trainable, "bytes": out}
 

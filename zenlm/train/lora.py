@@ -57,7 +57,8 @@ class Linear4bit(nn.Module):
         wb = w.view(N, K // block, block)  # [N, K/G, G]
         if kind == "nf4":
             scale = wb.abs().amax(-1, keepdim=True).clamp_min(1e-12)  # [N, K/G, 1]
-            codes = (wb / scale).unsqueeze(-1).sub(NF4).abs().argmin(-1)  # [N, K/G, G]
+            codes = torch.cat([(wb[i:i + 256] / scale[i:i + 256]).unsqueeze(-1).sub(NF4).abs().argmin(-1)
+                               for i in range(0, N, 256)])  # [N, K/G, G]; by rows: [n, K, 16] stays small
             low = torch.zeros_like(scale)
         else:
             low = wb.amin(-1, keepdim=True)
@@ -78,7 +79,22 @@ class Linear4bit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
-        return F.linear(x.to(dt), self.dequantize(dt), None if self.bias is None else self.bias.to(dt))
+        y = _Linear4bitFn.apply(x.to(dt), self, dt)
+        return y if self.bias is None else y + self.bias.to(dt)
+
+
+class _Linear4bitFn(torch.autograd.Function):
+    """x @ dequantize(W).T that dequantizes again in backward instead of keeping every layer's float W."""
+
+    @staticmethod
+    def forward(ctx, x, layer: Linear4bit, dt: torch.dtype):
+        ctx.layer, ctx.dt = layer, dt
+        return F.linear(x, layer.dequantize(dt))
+
+    @staticmethod
+    def backward(ctx, gy):
+        gx = gy @ ctx.layer.dequantize(ctx.dt) if ctx.needs_input_grad[0] else None
+        return gx, None, None
 
 
 class LoRALinear(nn.Module):
@@ -121,14 +137,16 @@ def _lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
 def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
     """Freeze the model and swap each target linear for a LoRALinear, in place; returns the model."""
     model.requires_grad_(False)
-    swaps = [(n, m) for n, m in model.named_modules()
-             if isinstance(m, nn.Linear) and n.rpartition(".")[2] in cfg.targets]
-    if not swaps:
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.rpartition(".")[2] in cfg.targets]
+    if not names:
         raise ValueError(f"no linear named {', '.join(cfg.targets)} in the model")
-    for name, lin in swaps:
+    for name in names:  # by name, so each fp32 weight is freed as soon as its 4-bit copy replaces it
         parent, _, leaf = name.rpartition(".")
-        base = Linear4bit(lin, cfg.quantize) if cfg.quantize else lin
+        lin = model.get_submodule(name)
+        block = 64 if lin.in_features % 64 == 0 else 32  # 32 for widths like zen-tiny's 96
+        base = Linear4bit(lin, cfg.quantize, block) if cfg.quantize else lin
         setattr(model.get_submodule(parent), leaf, LoRALinear(base, cfg.rank, cfg.alpha, cfg.dropout))
+        del lin, base
     return model
 
 

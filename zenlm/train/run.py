@@ -134,6 +134,18 @@ def build_data(rc: RunConfig, tokenizer) -> tuple[list, list, callable]:
     return items, held, collate
 
 
+def release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc keeps freed blocks under 32 MB in its arenas)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if name:
+        libc = ctypes.CDLL(name)
+        if hasattr(libc, "malloc_trim"):  # glibc only
+            libc.malloc_trim(0)
+
+
 def run(rc: RunConfig) -> Trainer:
     d = D.setup(rc.device)
     config, model, tokenizer, gen = load_model(rc.model, rc.tokenizer, rc.train.seed)
@@ -143,6 +155,8 @@ def run(rc: RunConfig) -> Trainer:
         lora_cfg = LoRAConfig(rc.lora_rank, rc.lora_alpha, rc.lora_dropout, tuple(rc.lora_targets),
                               rc.qlora_type if rc.qlora else None)
         apply_lora(model, lora_cfg)
+        if rc.qlora:
+            release_freed_memory()  # the fp32 linears just replaced by 4-bit ones
     items, held, collate = build_data(rc, tokenizer)
     if rc.task == "dpo":
         if lora_cfg is not None:

@@ -33,6 +33,7 @@ class TrainConfig:
     batch_size: int = 4  # rows per micro-batch on each rank
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 3e-4
+    embedding_lr_scale: float = 1.0  # the input embedding's lr = lr * this (no weight decay on it if != 1)
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
     warmup_steps: int = 10
     weight_decay: float = 0.1
@@ -101,11 +102,14 @@ class Trainer:
         if not params:
             raise ValueError("the model has no trainable parameters")
         self.frozen_too = all(p.requires_grad for p in self.objective.parameters())
-        decay = [p for p in params if p.ndim >= 2]
+        emb = model.model.embed_tokens.weight
+        own = cfg.embedding_lr_scale != 1.0 and emb.requires_grad  # its own group: rows learn only when seen
+        decay = [p for p in params if p.ndim >= 2 and not (own and p is emb)]
         rest = [p for p in params if p.ndim < 2]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                      {"params": rest, "weight_decay": 0.0}],
-                                     lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=True)
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}]
+        if own:
+            groups.append({"params": [emb], "weight_decay": 0.0, "lr": cfg.lr * cfg.embedding_lr_scale})
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=True)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, cfg))
         self.step = 0
         self.history: list[dict] = []
