@@ -1,7 +1,7 @@
 """Weight-only quantized linears (4 or 8 bits, groups of 32), swapped into a model in place.
 
 QLinear keeps the weight as unsigned integers q with an fp16 scale d and offset m per group of 32
-inputs (w = d * q + m; the layout is kernels.c's) and runs zenlm's own CPU kernel (native.py):
+inputs (w = d * q + m; the layout is kernels/linear.c's) and runs zenlm's own CPU kernel (native.py):
 activations are quantized to int8 per group on the fly. Without a C compiler, or off the CPU, it
 dequantizes and calls F.linear: slower, same weights. `quantize_model` swaps every nn.Linear; a
 linear whose input width is not a multiple of 32 stays in float. Training-time quantization
@@ -16,12 +16,12 @@ from torch import nn
 
 from zenlm.quant.native import lib
 
-GROUP, TILE = 32, 16  # inputs per scale, rows per tile (kernels.c)
+GROUP, TILE = 32, 16  # inputs per scale, rows per tile (kernels/linear.c)
 MODES = {"int4": 4, "int8": 8}
 
 
 def _tile(q: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 q [Np, K] -> kernels.c's byte layout [tiles, K/32 * bytes per block]."""
+    """uint8 q [Np, K] -> kernels/linear.c's byte layout [tiles, K/32 * bytes per block]."""
     Np, K = q.shape
     b = q.view(Np // TILE, TILE, K // GROUP, 8, 4).permute(0, 2, 3, 1, 4)  # [t, g, quad, row, j]
     if bits == 4:
@@ -41,7 +41,7 @@ def _untile(qs: torch.Tensor, bits: int, K: int) -> torch.Tensor:
 
 
 def _quantize_torch(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """kernels.c's zen_quantize in torch: per group, the min..max range or a shrunken one."""
+    """kernels/linear.c's zen_quantize in torch: per group, the min..max range or a shrunken one."""
     N, K = w.shape
     g = w.view(N, K // GROUP, GROUP)
     lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)

@@ -1,7 +1,7 @@
-"""Builds kernels.c once per machine with the system C compiler and loads it with ctypes.
+"""Builds the C kernels (kernels/*.c) once per machine with the system C compiler and loads them with ctypes.
 
-The shared library lands in the zenlm cache, named by a hash of the source, the compiler and the
-CPU, so an edit or another machine rebuilds it (about a second). `lib()` returns None when there is
+The shared library lands in the zenlm cache, named by a hash of the sources, the compiler and the
+CPU, so an edit or another machine rebuilds it (about two seconds). `lib()` returns None when there is
 no compiler, the build fails (with a warning) or ZEN_NO_NATIVE is set; callers then take their
 pure-torch path.
 """
@@ -21,7 +21,9 @@ from pathlib import Path
 
 from zenlm.cache import cache_dir
 
-SOURCE = Path(__file__).with_name("kernels.c")
+KERNELS = Path(__file__).with_name("kernels")
+SOURCES = sorted(KERNELS.glob("*.c"))
+QUANTIZER = [KERNELS / "common.h", KERNELS / "linear.c"]  # what decides a quantized weight's bytes
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC", "-std=c11"]
 
 P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
@@ -65,13 +67,14 @@ def build(march: str) -> ctypes.CDLL | None:
     if cc is None:
         return None
     flags = [f if f != "-march=native" else f"-march={march}" for f in FLAGS]
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(flags + [cc, _cpu_id()]).encode()).hexdigest()[:16]
+    code = b"".join(f.read_bytes() for f in sorted(KERNELS.iterdir()))
+    key = hashlib.sha256(code + " ".join(flags + [cc, _cpu_id()]).encode()).hexdigest()[:16]
     target = cache_dir() / f"kernels-{key}.so"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             out = Path(tmp) / target.name
-            r = subprocess.run([cc, *flags, str(SOURCE), "-o", str(out), "-lm"], capture_output=True, text=True)
+            r = subprocess.run([cc, *flags, *map(str, SOURCES), "-o", str(out), "-lm"], capture_output=True, text=True)
             if r.returncode != 0:
                 errors = [ln for ln in r.stderr.splitlines() if "error" in ln] or r.stderr.strip().splitlines()
                 raise OSError(errors[0] if errors else "compiler failed")

@@ -93,7 +93,7 @@ def _prequantized_path(src: Path, quant: str, dtype: torch.dtype) -> Path:
     for f in files:
         st = f.stat()
         h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
-    for code in (Path(__file__), Path(linear.__file__), native.SOURCE):
+    for code in (Path(__file__), Path(linear.__file__), *native.QUANTIZER):
         h.update(code.read_bytes())
     return cache_dir() / "quantized" / f"{src.stem}-{quant}-{h.hexdigest()[:16]}.safetensors"
 
