@@ -103,7 +103,8 @@ def test_bench_json():
     r = zen("bench", "--prompt-tokens", "64", "--gen-tokens", "8", "--concurrency", "2", "--json")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    for key in ("prefill_tok_s", "decode_tok_s", "ttft_s", "aggregate_tok_s", "peak_rss_mb", "load_s"):
+    for key in ("prefill_tok_s", "decode_tok_s", "ttft_s", "aggregate_tok_s", "aggregate_short_tok_s", "peak_rss_mb",
+                "load_s"):
         assert d[key] > 0, key
     assert d["dtype"] == "int4" and d["concurrency"] == 2
     from zenlm.bench import _kernels

@@ -1,5 +1,6 @@
 """`zen bench`: load time, prefill and decode speed, time to first token, aggregate decode throughput
-(`concurrency` sequences of `prompt_tokens` each), and peak RSS.
+(`concurrency` sequences of `prompt_tokens` each; and of 32 tokens each, the context the single-stream
+decode figure is measured at), and peak RSS.
 
 Measures zenlm's own engine in this process, greedy, on prompts of random text tokens that never hit
 the prefix cache. benchmarks/compare.py runs the same measurements on llama.cpp and transformers.
@@ -50,21 +51,26 @@ def run(model: str = "default", dtype: str = "int4", device: str = "cpu", prompt
         eng.step()
     decode_s = time.perf_counter() - t
 
-    seqs = [eng.add(random_prompt(rng, prompt_tokens), greedy) for _ in range(concurrency)]
-    while any(not s.output_ids for s in seqs):  # every prompt prefilled and decoding
-        eng.step()
-    done = sum(len(s.output_ids) for s in seqs)
-    t = time.perf_counter()
-    while eng.has_work:
-        eng.step()
-    aggregate_s = time.perf_counter() - t
+    def aggregate(n: int) -> float:
+        """decode tokens/s of `concurrency` sequences of n-token prompts, once all are decoding"""
+        seqs = [eng.add(random_prompt(rng, n), greedy) for _ in range(concurrency)]
+        while any(not s.output_ids for s in seqs):  # every prompt prefilled and decoding
+            eng.step()
+        done = sum(len(s.output_ids) for s in seqs)
+        t = time.perf_counter()
+        while eng.has_work:
+            eng.step()
+        return (sum(len(s.output_ids) for s in seqs) - done) / (time.perf_counter() - t)
+
+    aggregate_tok_s, aggregate_short_tok_s = aggregate(prompt_tokens), aggregate(32)
     return {
         "model": str(llm.path.name), "dtype": dtype, "threads": _threads(), "kernels": _kernels(),
         "load_s": round(load_s, 3),
         "prefill_tok_s": round(prompt_tokens / prefill_s, 2),
         "decode_tok_s": round((len(seq.output_ids) - 1) / decode_s, 2),
         "ttft_s": round(ttft_s, 4),
-        "aggregate_tok_s": round((sum(len(s.output_ids) for s in seqs) - done) / aggregate_s, 2),
+        "aggregate_tok_s": round(aggregate_tok_s, 2),
+        "aggregate_short_tok_s": round(aggregate_short_tok_s, 2),  # prompts of 32 tokens, as decode_tok_s
         "concurrency": concurrency,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
