@@ -1,6 +1,6 @@
 """Training tokens/s: zenlm's loop vs transformers' Qwen2ForCausalLM, side by side, same config, data and weights.
 
-Default: the zen-tiny preset (4 layers, 128 wide, 151,936-token vocabulary), sequence 512, batch 4,
+Default: the zen-tiny preset (4 layers, 96 wide, untied head, 151,936-token vocabulary), sequence 512, batch 4,
 bf16 autocast, AdamW, one optimizer step per batch; the first --warmup steps are not timed.
 `--lora-model default` also times LoRA SFT steps on a real checkpoint (the default 0.5B model).
 
