@@ -111,23 +111,17 @@ class Runner:
         B, bs = len(entries), self.block_size
         T = entries[0].num_tokens
         assert all(e.num_tokens == T for e in entries), "rows of one forward add the same number of tokens"
-        nb = max(-(-e.context_len // bs) for e in entries)
-        scratch = self.cache.scratch
-        tokens = torch.empty(B, T, dtype=torch.long)
-        positions = torch.empty(B, T, dtype=torch.long)
-        write = torch.empty(B, T, dtype=torch.long)
-        tables = torch.full((B, nb), scratch, dtype=torch.long)
-        key_pos = torch.arange(max(e.context_len for e in entries)).repeat(B, 1)
-        for i, e in enumerate(entries):
-            n, ctx = e.num_tokens, e.context_len
-            tokens[i] = torch.tensor(e.token_ids)
-            positions[i] = torch.arange(e.start, e.start + n)
-            write[i] = torch.tensor(e.slot_mapping)
-            used = -(-ctx // bs)
-            tables[i, :used] = torch.tensor(e.block_table[:used])
-            key_pos[i, ctx:] = FAR
+        scratch, ctx_lens = self.cache.scratch, [e.context_len for e in entries]
+        nb = max(-(-c // bs) for c in ctx_lens)
+        tokens = torch.tensor([e.token_ids for e in entries])  # [B, T]: one tensor per field, built from lists
+        positions = torch.tensor([list(range(e.start, e.start + T)) for e in entries])
+        write = torch.tensor([e.slot_mapping for e in entries])
+        used = [-(-c // bs) for c in ctx_lens]  # blocks each row's context fills; the rest point at scratch
+        tables = torch.tensor([e.block_table[:u] + [scratch] * (nb - u) for e, u in zip(entries, used)])
+        key_pos = torch.arange(max(ctx_lens)).repeat(B, 1)
+        key_pos[key_pos >= torch.tensor(ctx_lens)[:, None]] = FAR  # past a row's own context
         last = torch.full((B,), T - 1)
-        ctx = torch.tensor([e.context_len for e in entries])
+        ctx = torch.tensor(ctx_lens)
         dev = self.device
         cache = self.cache.bind(write.to(dev), tables.to(dev), key_pos.to(dev), ctx.to(dev))
         return self.model(tokens.to(dev), positions.to(dev), cache, logit_index=last.to(dev))  # [B, V]
