@@ -21,7 +21,8 @@ static void exp_sub(float *x, int n, float mx) { /* x = exp(x - mx) */
 #if ZEN_VNNI
     for (; j + 16 <= n; j += 16) _mm512_storeu_ps(x + j, exp16(_mm512_sub_ps(_mm512_loadu_ps(x + j), _mm512_set1_ps(mx))));
 #endif
-    for (; j < n; j++) x[j] = expf(x[j] - mx);
+#pragma omp simd
+    for (int i = j; i < n; i++) x[i] = exp_poly(x[i] - mx);
 }
 
 static void rope(float *x, const float *cos, const float *sin, int D) {

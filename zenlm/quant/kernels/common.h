@@ -42,6 +42,25 @@ static inline uint16_t f32_to_bf16(float f) { /* round to nearest even */
     return (uint16_t)(u >> 16);
 }
 
+/* exp(x) in plain arithmetic the compiler can vectorise (no libm call): 2^t = 2^round(t) * 2^f with
+ * f in [-0.5, 0.5] on a degree-6 polynomial; |t| is clamped to 126, so it never overflows. */
+static inline float exp_poly(float x) {
+    float t = x * 1.4426950409f;
+    t = t < -126.f ? -126.f : t > 126.f ? 126.f : t;
+    const float r = __builtin_roundevenf(t), f = t - r;
+    float y = 1.5403530e-4f;
+    y = y * f + 1.3333558e-3f;
+    y = y * f + 9.6181291e-3f;
+    y = y * f + 5.5504109e-2f;
+    y = y * f + 2.4022650e-1f;
+    y = y * f + 6.9314718e-1f;
+    y = y * f + 1.f;
+    const uint32_t e = (uint32_t)((int32_t)r + 127) << 23; /* 2^r as a float's bits */
+    float scale;
+    memcpy(&scale, &e, 4);
+    return y * scale;
+}
+
 #if ZEN_VNNI
 static inline __m512 exp16(__m512 x) { /* 2^t = 2^round(t) * 2^f, f in [-0.5, 0.5]: a degree-6 polynomial */
     __m512 t = _mm512_max_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950409f)), _mm512_set1_ps(-126.f));

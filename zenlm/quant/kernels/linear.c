@@ -48,7 +48,8 @@ static void quantize_row(const void *x, int bf16, int K, int glu, int8_t *xq, fl
                                                         _mm512_loadu_ps(up + i)));
             }
 #else
-            for (int i = 0; i < G; i++) buf[i] = buf[i] / (1.f + expf(-buf[i])) * up[i];
+#pragma omp simd
+            for (int i = 0; i < G; i++) buf[i] = buf[i] / (1.f + exp_poly(-buf[i])) * up[i];
 #endif
         }
         float amax = 0.f;
