@@ -3,9 +3,10 @@
 Weights (fp32, or 4-bit linears for QLoRA), gradients and AdamW states of what trains, activations
 saved for backward per block (bf16 autocast or fp32; all blocks, or block inputs plus one block
 with activation checkpointing), attention K/V and masks, the chunked output head's buffers, and the
-process itself (Python, torch, tokenizer). The peak is the larger of a training step and loading
-(fp32 weights plus one tensor being dequantized). Counted per tensor as trainer.py, losses.py and
-model.py allocate them, with two measured constants (RUNTIME, the head's workspace); not a measurement.
+process itself (Python, torch, tokenizer). The peak is the largest of a forward/backward, the AdamW
+update (its foreach temporaries) and loading (fp32 weights plus one tensor being dequantized).
+Counted per tensor as trainer.py, losses.py and model.py allocate them, with two measured constants
+(RUNTIME, the head's workspace); not a measurement.
 """
 
 from __future__ import annotations
@@ -77,10 +78,12 @@ def estimate(c: Config, method: str = "full", seq_len: int = 512, batch: int = 1
            "activations": activations, "kv": kv_bytes, "backward": backward, "head": head,
            "workspace": workspace}
     out["step"] = sum(out.values())
+    # The optimizer step, after backward: foreach AdamW makes one more fp32 tensor per trainable one (sqrt v).
+    out["adamw_step"] = RUNTIME + weights + grads + optimizer + 4 * trainable
     # Loading: the fp32 model plus its largest tensor (the embedding) being dequantized or cast beside
     # it; QLoRA quantizes the linears only after that, so its load can outgrow its training step.
     out["load"] = RUNTIME + 4 * P + 4 * V * h
-    out["total"] = max(out["step"], out["load"])
+    out["total"] = max(out["step"], out["adamw_step"], out["load"])
     return {"model": c.name, "method": method, "seq_len": seq_len, "batch": batch, "bf16": bf16,
             "checkpointing": checkpointing, "params": P, "trainable": trainable, "bytes": out}
 
