@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 
-KEYS = ["load_s", "prefill_tok_s", "decode_tok_s", "ttft_s", "aggregate_tok_s", "peak_rss_mb"]
+KEYS = ["load_s", "prefill_tok_s", "decode_tok_s", "ttft_s", "aggregate_tok_s", "aggregate_short_tok_s", "peak_rss_mb"]
 
 
 def prompt(n: int, seed: int) -> list[int]:
