@@ -79,8 +79,11 @@ def test_chat_multi_turn_reset_exit():
 
 
 def test_chat_ctrl_c_stops_the_answer_not_the_chat():
+    # a job started in the background (`cmd &` in a script) ignores SIGINT, and its children inherit
+    # that: give the chat the default disposition, as a terminal would
     p = subprocess.Popen([sys.executable, "-m", "zenlm", "chat", "--temperature", "0", "--max-tokens", "400"],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     p.stdin.write(b"Write a long essay about the history of computing.\n")
     p.stdin.flush()
     os.set_blocking(p.stdout.fileno(), False)
