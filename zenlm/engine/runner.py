@@ -32,8 +32,9 @@ class PagedKVCache:
         P = 2 if dtype == torch.bfloat16 and bs % 2 == 0 and D % 2 == 0 else 1
         # empty, not zeros (untouched pages cost no memory): the torch path zeroes what it gathers from
         # past a row's context before attending (masked weights are 0, and 0 * NaN would not be)
-        self.k = [torch.empty(num_blocks + 1, KV, D // P, bs, P, dtype=dtype, device=device) for _ in range(c.num_layers)]
-        self.v = [torch.empty(num_blocks + 1, KV, bs // P, D, P, dtype=dtype, device=device) for _ in range(c.num_layers)]
+        blocks, layers = num_blocks + 1, range(c.num_layers)
+        self.k = [torch.empty(blocks, KV, D // P, bs, P, dtype=dtype, device=device) for _ in layers]
+        self.v = [torch.empty(blocks, KV, bs // P, D, P, dtype=dtype, device=device) for _ in layers]
         self.scratch, self.block_size, self.pairs = num_blocks, bs, P
         self.heads, self.native = (c.num_heads, KV, D), native and (P == 2) == (dtype == torch.bfloat16)
         self.write_slots = self.tables = self.key_pos = self.ctx = None

@@ -126,7 +126,8 @@ class QLinear(nn.Module):
             if glu:
                 gate, up = x.chunk(2, dim=-1)
                 x = F.silu(gate) * up
-            y = F.linear(x.reshape(-1, K), self.dequantize().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            y = F.linear(x.reshape(-1, K), self.dequantize().to(x.dtype), bias)
             return y.view(*shape[:-1], N)
         x2 = x.reshape(-1, shape[-1])
         if x2.dtype not in (torch.float32, torch.bfloat16):
