@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import queue
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future
 
 import torch
 
 from zenlm.engine.engine import Engine, EngineConfig, StepOutput
 from zenlm.engine.sampling import SamplingParams, logprobs, top_logprobs
-from zenlm.engine.sequence import Completion
+from zenlm.engine.sequence import Completion, Sequence
+
+log = logging.getLogger("zenlm.engine")
 
 # --dtype: the activation dtype, and for int8/int4 the weight-only quantization of every linear
 PRECISIONS = {"float32": (torch.float32, None), "bfloat16": (torch.bfloat16, None),
@@ -67,6 +72,8 @@ class LLM:
         finally:
             for s in seqs:
                 self.engine.abort(s)  # no-op for finished ones; frees blocks on errors and Ctrl-C
+        for s in seqs:
+            _raise_failure(s)
         return [s.result() for s in seqs]
 
     def chat(self, messages: list[dict], params: SamplingParams | None = None,
@@ -84,6 +91,7 @@ class LLM:
                         yield out.text
         finally:
             self.engine.abort(seq)
+        _raise_failure(seq)
 
     def stream_chat(self, messages: list[dict], params: SamplingParams | None = None,
                     tools: list[dict] | None = None) -> Iterator[str]:
@@ -104,44 +112,77 @@ class LLM:
         return out
 
 
+def _raise_failure(seq: Sequence) -> None:
+    if seq.finish_reason and seq.finish_reason.startswith("error"):
+        raise RuntimeError(f"generation failed ({seq.finish_reason}); the traceback is in the zenlm.engine log")
+
+
+class Overloaded(RuntimeError):
+    """The waiting queue is full: try again later (HTTP 429 with Retry-After)."""
+
+
 class AsyncLLM(LLM):
-    """One background thread steps the engine; any number of coroutines submit and stream concurrently."""
+    """One background thread owns and steps the engine; any number of coroutines submit and stream.
+
+    Coroutines never wait on the engine: they post commands (add, abort, call) to a thread-safe
+    inbox that the thread drains between steps, and outputs come back through each caller's event
+    loop (call_soon_threadsafe). A step that blocks for seconds therefore never stalls the loop.
+    """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._start()
 
     def _start(self) -> None:
-        self._lock = threading.Lock()
+        self._inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._wake = threading.Event()
-        self._queues: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Queue]] = {}
+        self._sinks: dict[int, Callable[[StepOutput], None]] = {}  # seq_id -> its caller's delivery
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="zenlm-engine", daemon=True)
         self._thread.start()
 
+    # ---- the engine thread -----------------------------------------------------------------------
     def _loop(self) -> None:
-        while not self._closed:
-            self._wake.wait()
-            with self._lock:
-                if not self.engine.has_work:
-                    self._wake.clear()
-                    continue
+        while True:
+            while True:  # commands first: adds join this very step, aborts free blocks before it
                 try:
-                    outs = self.engine.step()
-                except Exception as e:  # never leave callers waiting: end every live request with the error
-                    outs = self._fail_all(e)
+                    command = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                command()
+            if self._closed:
+                return
+            if not self.engine.has_work:
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            try:
+                outs = self.engine.step()
+            except Exception as e:  # a bug outside any one request: log it, end the live requests, go on
+                log.exception("engine step failed")
+                outs = [self.engine.fail(seq, e) for seq in list(self.engine.scheduler.seqs.values())]
             for out in outs:
-                loop, q = self._queues.get(out.seq.seq_id, (None, None))
-                if q is not None:
-                    loop.call_soon_threadsafe(q.put_nowait, out)
+                sink = self._sinks.get(out.seq.seq_id)
+                if sink is not None:
+                    sink(out)
 
-    def _fail_all(self, error: Exception) -> list[StepOutput]:
-        outs = []
-        for seq in list(self.engine.scheduler.seqs.values()):
-            self.engine.abort(seq)
-            seq.finish_reason = f"error: {error}"
-            outs.append(StepOutput(seq, "", True))
-        return outs
+    def _post(self, command: Callable[[], None]) -> None:
+        self._inbox.put(command)
+        self._wake.set()
+
+    def _add(self, seq: Sequence, sink: Callable[[StepOutput], None]) -> None:
+        self._sinks[seq.seq_id] = sink
+        self.engine.submit(seq)
+
+    def _abort(self, seq: Sequence) -> None:
+        self._sinks.pop(seq.seq_id, None)
+        self.engine.abort(seq)
+
+    # ---- callers (any thread, any event loop) ----------------------------------------------------
+    @property
+    def overloaded(self) -> bool:
+        """Whether the waiting queue is full (read without a lock: a hint that is at most a step old)."""
+        return self._inbox.qsize() + len(self.engine.scheduler.waiting) >= self.engine.max_waiting
 
     async def stream_ids(self, prompt_ids: list[int], params: SamplingParams | None = None) -> AsyncIterator[str]:
         """Yield text pieces for one request; cancelling the consumer aborts it and frees its blocks."""
@@ -154,8 +195,23 @@ class AsyncLLM(LLM):
         return self._outputs(prompt_ids, params)
 
     def prompt_logprobs(self, ids: list[int], k: int = 0) -> list[tuple[float, list[tuple[int, float]]] | None]:
-        with self._lock:  # the model is not re-entrant: wait for the engine loop's step to end
-            return super().prompt_logprobs(ids, k)
+        """As LLM.prompt_logprobs, run on the engine thread between steps (the model is not re-entrant).
+        Blocks its caller: call it from a worker thread (asyncio.to_thread), never from a coroutine."""
+        done: Future = Future()
+
+        def call() -> None:
+            try:
+                done.set_result(LLM.prompt_logprobs(self, ids, k))
+            except Exception as e:  # noqa: BLE001 - raised in the caller's thread
+                done.set_exception(e)
+
+        self._post(call)
+        while True:
+            try:
+                return done.result(timeout=1.0)
+            except TimeoutError:
+                if not self.alive:
+                    raise RuntimeError("the engine loop has stopped") from None
 
     async def complete_ids(self, prompt_ids: list[int], params: SamplingParams | None = None) -> Completion:
         out = None
@@ -164,11 +220,20 @@ class AsyncLLM(LLM):
         return out.seq.result()
 
     async def _outputs(self, prompt_ids: list[int], params: SamplingParams | None):
-        q: asyncio.Queue = asyncio.Queue()
-        with self._lock:
-            seq = self.engine.add(prompt_ids, params)
-            self._queues[seq.seq_id] = (asyncio.get_running_loop(), q)
-        self._wake.set()
+        seq = self.engine.make(prompt_ids, params)  # ValueError here, in the caller
+        if self._closed:
+            raise RuntimeError("the engine loop has stopped")
+        if self.overloaded:
+            raise Overloaded(f"{self.engine.max_waiting} requests are already waiting; try again later")
+        loop, q = asyncio.get_running_loop(), asyncio.Queue()
+
+        def sink(out: StepOutput) -> None:
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, out)
+            except RuntimeError:  # the caller's loop has closed: nobody is listening
+                pass
+
+        self._post(lambda: self._add(seq, sink))
         try:
             while True:
                 out = await q.get()
@@ -176,9 +241,7 @@ class AsyncLLM(LLM):
                 if out.finished:
                     return
         finally:
-            with self._lock:
-                self.engine.abort(seq)
-                self._queues.pop(seq.seq_id, None)
+            self._post(lambda: self._abort(seq))  # frees its blocks if still live, and drops the sink
 
     @property
     def alive(self) -> bool:

@@ -111,8 +111,11 @@ def top_logprobs(lp: torch.Tensor, tokens: torch.Tensor, ks: list[int | None]) -
 
 
 def apply_processors(logits: torch.Tensor, params: list[SamplingParams], histories: list[list[int]],
-                     prompt_lens: list[int]) -> torch.Tensor:
-    """logit_bias, then each row's logits processors (given that row's output ids). [B, V]"""
+                     prompt_lens: list[int], failed: dict[int, Exception] | None = None) -> torch.Tensor:
+    """logit_bias, then each row's logits processors (given that row's output ids). [B, V]
+
+    With `failed`, a processor that raises is that row's failure alone: recorded as failed[row], the
+    other rows go on; without it, the error propagates."""
     rows = [i for i, p in enumerate(params) if p.logit_bias or p.logits_processors]
     if not rows:
         return logits
@@ -124,8 +127,14 @@ def apply_processors(logits: torch.Tensor, params: list[SamplingParams], histori
             ids = torch.tensor([t for t in p.logit_bias if 0 <= t < V], dtype=torch.long, device=logits.device)
             bias = torch.tensor([b for t, b in p.logit_bias.items() if 0 <= t < V], device=logits.device)
             logits[i, ids] += bias.to(logits.dtype)
-        for proc in p.logits_processors:
-            logits[i] = proc(histories[i][prompt_lens[i]:], logits[i])
+        try:
+            for proc in p.logits_processors:
+                logits[i] = proc(histories[i][prompt_lens[i]:], logits[i])
+        except Exception as e:
+            if failed is None:
+                raise
+            failed[i] = e
+            logits[i] = 0  # whatever the processor left, the row must still sample without error
     return logits
 
 
@@ -205,12 +214,14 @@ def sample(
     histories: list[list[int]],
     prompt_lens: list[int],
     generators: list[torch.Generator | None],
+    failed: dict[int, Exception] | None = None,
 ) -> torch.Tensor:
-    """Next token per row from last-position logits [B, V], with resolved params. Returns [B] int64."""
+    """Next token per row from last-position logits [B, V], with resolved params. Returns [B] int64.
+    With `failed`, rows whose logits processor raised are recorded there (their token is meaningless)."""
     B = logits.shape[0]
     assert len(params) == len(histories) == len(prompt_lens) == len(generators) == B, "batch size mismatch"
     assert all(p.temperature is not None for p in params), "sample() needs resolved SamplingParams"
-    logits = apply_processors(logits.float(), params, histories, prompt_lens)  # [B, V]
+    logits = apply_processors(logits.float(), params, histories, prompt_lens, failed)  # [B, V]
     logits = apply_penalties(logits, params, histories, prompt_lens)
     tokens = argmax(logits)  # [B]; the answer for greedy rows
     rows = [i for i, p in enumerate(params) if p.temperature > 0]

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from zenlm.engine.llm import AsyncLLM
+from zenlm.engine.llm import AsyncLLM, Overloaded
 from zenlm.engine.sampling import SamplingParams
 from zenlm.engine.sequence import Sequence
 from zenlm.server.errors import APIError
@@ -50,7 +50,17 @@ class ServerState:
                            "model", "model_not_found")
 
 
+RETRY_AFTER_S = 1  # what a 429 tells the client to wait
+
+
+def overloaded(message: str) -> APIError:
+    return APIError(message, 429, code="queue_full", headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
 def check_prompt(state: ServerState, n_tokens: int, param: str) -> None:
+    """A prompt the engine can take now: 400 for an empty or too-long one, 429 while the queue is full."""
+    if state.llm.overloaded:
+        raise overloaded(f"the server is busy ({state.llm.engine.max_waiting} requests waiting); retry shortly")
     ctx = state.context_length
     if n_tokens == 0:
         raise APIError("the prompt is empty (0 tokens)", 400, param)
@@ -126,6 +136,8 @@ async def choices(state: ServerState, jobs: list[tuple[list[int], SamplingParams
             ev = await q.get()
             if isinstance(ev, ValueError):
                 raise APIError(str(ev), 400)
+            if isinstance(ev, Overloaded):
+                raise overloaded(str(ev))
             if isinstance(ev, Exception):
                 raise APIError(f"generation failed: {ev}", 500)
             if ev.finished:
