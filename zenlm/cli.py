@@ -13,8 +13,8 @@ import sys
 def _add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help="'default', a .gguf file or an HF directory")
     p.add_argument("--dtype", default="int4", choices=["float32", "bfloat16", "int8", "int4"],
-                   help="int4 (default, fastest) and int8 quantize the weights, with bfloat16 activations; "
-                        "float32 is the exact reference")
+                   help="int4 (default, fastest) and int8 quantize the weights and run float32 activations "
+                        "with a bfloat16 KV cache; float32 is the exact reference")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 
 
@@ -182,18 +182,9 @@ def _add_train(sub) -> None:
 
 
 def _config_of(name: str):
-    from zenlm.config import Config, preset
     from zenlm.weights.registry import resolve
 
-    src = resolve(name)
-    if src.kind == "preset":
-        return preset(src.name)
-    if src.kind == "hf":
-        return Config.from_hf(src.path / "config.json")
-    from zenlm.weights.gguf_reader import read_gguf
-
-    meta, tensors = read_gguf(src.path)
-    return Config.from_gguf(meta, has_output="output.weight" in tensors)
+    return resolve(name).config()
 
 
 def build_parser() -> argparse.ArgumentParser:

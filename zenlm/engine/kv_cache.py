@@ -57,10 +57,6 @@ class PrefixCacheStats:
     query_tokens: int = 0  # tokens looked up
     hit_tokens: int = 0  # tokens found (counted as cached)
 
-    @property
-    def hit_rate(self) -> float:
-        return self.hit_tokens / self.query_tokens if self.query_tokens else 0.0
-
 
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int):

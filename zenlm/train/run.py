@@ -83,24 +83,12 @@ def load_model(name: str, tokenizer_name: str | None, seed: int):
 
     src = resolve(name)
     if src.kind == "preset":
-        from zenlm.config import preset
         from zenlm.model import Transformer
 
-        config = preset(src.name)
+        config = src.config()
         torch.manual_seed(seed)
         model = Transformer(config)
-        tok_src = resolve(tokenizer_name or "default")
-        if tok_src.kind == "gguf":
-            from zenlm.tokenizer import Tokenizer
-            from zenlm.weights.gguf_reader import read_gguf
-
-            tokenizer = Tokenizer.from_gguf(read_gguf(tok_src.path)[0])
-        elif tok_src.kind == "hf":
-            from zenlm.tokenizer import Tokenizer
-
-            tokenizer = Tokenizer.from_hf_dir(tok_src.path)
-        else:
-            raise ValueError("--tokenizer must be a .gguf file, an HF directory or 'default'")
+        tokenizer = resolve(tokenizer_name or "default").tokenizer()
         if tokenizer.vocab_size > config.vocab_size:
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} tokens, the preset {config.vocab_size}")
         return config, model, tokenizer, {}

