@@ -1,8 +1,27 @@
-"""Shared fixtures: the real default model (assembled from its installed wheels) and a loaded LLM."""
+"""Shared fixtures: the real default model (assembled from its installed wheels) and a loaded LLM.
+
+Markers, set here so no test has to remember them: `model` on every test that reads the real default
+model (a fixture below, or a module that starts `zen serve` on it); `slow` on those and on the tests
+that start processes (torchrun, servers, training runs). `pytest -m "not slow"` is the quick loop.
+"""
 
 from pathlib import Path
 
 import pytest
+
+MODEL_FIXTURES = {"gguf_path", "default_llm", "gguf_meta", "hf_tokenizer", "hf_tokenizer_dir"}
+MODEL_MODULES = {"test_server", "test_server_tools", "test_web_ui", "test_real_model", "test_train_real"}
+PROCESS_MODULES = {"test_train_dist", "test_cli", "test_train_estimate"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2]
+        if MODEL_FIXTURES & set(item.fixturenames) or module in MODEL_MODULES:
+            item.add_marker(pytest.mark.model)
+            item.add_marker(pytest.mark.slow)
+        elif module in PROCESS_MODULES:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
