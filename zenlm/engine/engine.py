@@ -21,6 +21,7 @@ from zenlm.engine.sampling import SamplingParams, logprobs, make_generator, samp
 from zenlm.engine.scheduler import Scheduler
 from zenlm.engine.sequence import Sequence
 from zenlm.model import Transformer
+from zenlm.tokenizer import Tokenizer
 
 log = logging.getLogger("zenlm.engine")
 
@@ -43,7 +44,7 @@ class StepOutput:
 
 
 class Engine:
-    def __init__(self, model: Transformer, tokenizer, generation_config: dict, dtype: torch.dtype,
+    def __init__(self, model: Transformer, tokenizer: Tokenizer, generation_config: dict, dtype: torch.dtype,
                  device: torch.device | str, config: EngineConfig | None = None):
         ec = config or EngineConfig()
         self.model, self.tokenizer, self.generation_config = model, tokenizer, generation_config

@@ -9,8 +9,15 @@ keeps one (logprob, top alternatives) entry per output token, which the engine h
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from zenlm.engine.sampling import SamplingParams
+
+if TYPE_CHECKING:
+    import torch
+
+    from zenlm.engine.scheduler import SequenceStatus
+    from zenlm.tokenizer import StreamDecoder
 
 
 @dataclass(slots=True)
@@ -28,9 +35,9 @@ class Sequence:
     prompt_ids: list[int]
     params: SamplingParams  # resolved
     eos_ids: set[int]
-    stream: object  # the tokenizer's incremental detokenizer (push(id) -> str, flush() -> str)
+    stream: StreamDecoder  # the tokenizer's incremental detokenizer (push(id) -> str, flush() -> str)
     seq_id: int = 0
-    generator: object = None  # torch.Generator for a seeded request
+    generator: torch.Generator | None = None  # for a seeded request
     output_ids: list[int] = field(default_factory=list)
     all_ids: list[int] = field(default_factory=list)  # prompt + output, kept in step (filled in post_init)
     text: str = ""  # all decoded output text so far (stop string not included once found)
@@ -40,7 +47,7 @@ class Sequence:
     next_logprob: tuple[float, list[tuple[int, float]]] | None = None  # for the token append() gets next
     cached_tokens: int | None = None  # num_cached_tokens at the first sampled token (before any preemption)
     # KV bookkeeping, owned by the scheduler and block manager
-    status: object = None
+    status: SequenceStatus | None = None
     block_table: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0
     num_computed_tokens: int = 0
