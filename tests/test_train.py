@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tests.tiny_train import CHATS, byte_tokenizer, tiny_model
 from zenlm.train.data import IGNORE, Batch, Loader, collate, pack_documents, pack_examples, sft_example
 from zenlm.train.losses import CrossEntropy, linear_cross_entropy, linear_token_logps
-from zenlm.train.trainer import Trainer, TrainConfig, hidden_states, lr_factor
+from zenlm.train.trainer import TrainConfig, Trainer, eval_batches, hidden_states, lr_factor
 
 
 def fp32(tmp_path, **over) -> TrainConfig:
@@ -148,6 +148,17 @@ def test_killed_run_resumes_to_the_same_losses(tmp_path, lora):
     assert again[3:] == full[3:]
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == list(range(1, 8))
+
+
+@pytest.mark.parametrize("n,world,batch", [(1, 2, 2), (3, 2, 1), (5, 3, 2), (7, 4, 3), (8, 2, 4), (0, 2, 2)])
+def test_eval_batches_pad_uneven_shards(n, world, batch):
+    plans = [eval_batches(n, r, world, batch) for r in range(world)]
+    assert len({len(p) for p in plans}) == 1  # the same number of forwards on every rank
+    real = sorted(i for p in plans for part in p for i in part)
+    assert real == list(range(n))  # each item counted once; padding batches are empty
+    assert all(0 < len(part) <= batch for p in plans for part in p[:1] if part)
+    if n:
+        assert len(plans[0]) == math.ceil(math.ceil(n / world) / batch)
 
 
 def test_metrics_eval_and_loss_png(tmp_path):

@@ -12,10 +12,18 @@ import torch
 
 from tests.tiny_train import byte_tokenizer, tiny_model
 from zenlm.train.data import Loader, collate, collate_pairs, dpo_pair, pack_documents
-from zenlm.train.lora import (Linear4bit, LoRAConfig, LoRALinear, adapters_disabled, apply_lora, load_adapter,
-                              merge_lora, save_adapter)
+from zenlm.train.lora import (
+    Linear4bit,
+    LoRAConfig,
+    LoRALinear,
+    adapters_disabled,
+    apply_lora,
+    load_adapter,
+    merge_lora,
+    save_adapter,
+)
 from zenlm.train.losses import DPO, CrossEntropy, dpo_loss
-from zenlm.train.trainer import Trainer, TrainConfig, hidden_states
+from zenlm.train.trainer import TrainConfig, Trainer, hidden_states
 
 TOKENS = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(0))
 POS = torch.arange(20).expand(2, 20)
