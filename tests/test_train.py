@@ -2,7 +2,8 @@
 
 Chunked linear+CE equals F.cross_entropy (values and grads); one batch overfits; k micro-batches equal
 one k-times batch (with unequal token counts); a packed row equals its documents run separately; a
-killed run resumes to the same losses; warmup+cosine; metrics.jsonl and the loss PNG are written.
+killed run resumes to the same losses, also when SIGKILLed inside the checkpoint writer (atomic
+checkpoints); uneven held-out shards are padded; warmup+cosine; metrics.jsonl and the loss PNG.
 """
 
 import json
