@@ -2,7 +2,8 @@
 
 Chunked linear+CE equals F.cross_entropy (values and grads); one batch overfits; k micro-batches equal
 one k-times batch (with unequal token counts); a packed row equals its documents run separately; a
-killed run resumes to the same losses; warmup+cosine; metrics.jsonl and the loss PNG are written.
+killed run resumes to the same losses, also when SIGKILLed inside the checkpoint writer (atomic
+checkpoints); uneven held-out shards are padded; warmup+cosine; metrics.jsonl and the loss PNG.
 """
 
 import json
@@ -16,7 +17,7 @@ import torch.nn.functional as F
 from tests.tiny_train import CHATS, byte_tokenizer, tiny_model
 from zenlm.train.data import IGNORE, Batch, Loader, collate, pack_documents, pack_examples, sft_example
 from zenlm.train.losses import CrossEntropy, linear_cross_entropy, linear_token_logps
-from zenlm.train.trainer import Trainer, TrainConfig, hidden_states, lr_factor
+from zenlm.train.trainer import TrainConfig, Trainer, eval_batches, hidden_states, lr_factor
 
 
 def fp32(tmp_path, **over) -> TrainConfig:
@@ -148,6 +149,131 @@ def test_killed_run_resumes_to_the_same_losses(tmp_path, lora):
     assert again[3:] == full[3:]
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == list(range(1, 8))
+
+
+@pytest.mark.parametrize("n,world,batch", [(1, 2, 2), (3, 2, 1), (5, 3, 2), (7, 4, 3), (8, 2, 4), (0, 2, 2)])
+def test_eval_batches_pad_uneven_shards(n, world, batch):
+    plans = [eval_batches(n, r, world, batch) for r in range(world)]
+    assert len({len(p) for p in plans}) == 1  # the same number of forwards on every rank
+    real = sorted(i for p in plans for part in p for i in part)
+    assert real == list(range(n))  # each item counted once; padding batches are empty
+    assert all(0 < len(part) <= batch for p in plans for part in p[:1] if part)
+    if n:
+        assert len(plans[0]) == math.ceil(math.ceil(n / world) / batch)
+
+
+def killable_run(out, steps: int, seed: int = 0) -> Trainer:
+    """A tiny run that saves every 3 steps (also built by the subprocess of the test below)."""
+    rows = pack_documents(random_docs(40), 32, 256)
+    return Trainer(tiny_model(seed), CrossEntropy(), Loader(rows, 2, seed=5), collate,
+                   fp32(out, max_steps=steps, warmup_steps=2, save_every=3))
+
+
+# Runs killable_run(out, 8) and pauses inside the real checkpoint writer while it writes step 6, at
+# the point `where` names; the test then kills the process with SIGKILL.
+KILLED_RUN = """
+import io, os, sys, time
+from pathlib import Path
+import torch
+import torch.distributed.checkpoint as dcp
+from tests.test_train import killable_run
+
+out, where = Path(sys.argv[1]), sys.argv[2]
+
+def pause():
+    (out / "PAUSED").write_text("")
+    time.sleep(600)
+
+if where == "dcp":  # model and optimizer written, trainer state, marker and rename not yet
+    real_dcp = dcp.save
+    def dcp_save(*a, **k):
+        real_dcp(*a, **k)
+        if "step_0000006" in str(k.get("checkpoint_id") or k["storage_writer"].path):
+            pause()
+    dcp.save = dcp_save
+elif where == "trainer":  # halfway through the bytes of trainer.pt
+    real_save = torch.save
+    def torch_save(obj, f, *a, **k):
+        if isinstance(obj, dict) and obj.get("step") == 6:
+            buf = io.BytesIO()
+            real_save(obj, buf, *a, **k)
+            f = open(f, "wb") if isinstance(f, (str, os.PathLike)) else f
+            f.write(buf.getvalue()[:len(buf.getvalue()) // 2])
+            f.flush()
+            pause()
+        return real_save(obj, f, *a, **k)
+    torch.save = torch_save
+else:  # everything written and marked COMPLETE, just before the rename
+    real_replace = os.replace
+    def replace(src, dst):
+        if str(dst).endswith("step_0000006"):
+            pause()
+        return real_replace(src, dst)
+    os.replace = replace
+killable_run(out, 8).fit()
+"""
+
+
+@pytest.mark.parametrize("where", ["dcp", "trainer", "rename"])
+def test_run_killed_while_writing_a_checkpoint_resumes_from_the_last_complete_one(tmp_path, where):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    full = [r["loss"] for r in killable_run(tmp_path / "full", 8).fit()]
+    out = tmp_path / "killed"
+    out.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    env = os.environ | {"PYTHONPATH": str(root), "PYTHONWARNINGS": "ignore"}
+    p = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(out), where], cwd=root, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "PAUSED").exists():
+            assert p.poll() is None, p.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "the run never reached the step-6 checkpoint"
+            time.sleep(0.1)
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    ckpts = out / "checkpoints"
+    assert (ckpts / "step_0000003" / "COMPLETE").exists()
+    assert not (ckpts / "step_0000006").exists()  # a checkpoint directory only ever appears complete
+    assert (ckpts / ".tmp-step_0000006").is_dir()  # what the killed save left, ignored
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, 7))
+
+    resumed = killable_run(out, 8, seed=1)  # another init: the weights must come from the checkpoint
+    assert resumed.step == 3
+    again = [r["loss"] for r in resumed.fit()]
+    assert again == pytest.approx(full, rel=1e-5, abs=1e-6)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step_0000003", "step_0000006", "step_0000008"]
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, 9))
+
+
+def test_checkpoint_saved_again_replaces_the_old_one_and_newest_complete_wins(tmp_path):
+    from zenlm.train.distributed import latest_checkpoint
+
+    first = killable_run(tmp_path, 3)
+    first.fit()
+    ckpts = tmp_path / "checkpoints"
+    (ckpts / "step_0000010").mkdir()  # an interrupted save of an older version: no COMPLETE marker
+    (ckpts / "step_0000002" / "x").mkdir(parents=True)
+    (ckpts / "step_0000002" / "COMPLETE").write_text("")
+    assert latest_checkpoint(ckpts).name == "step_0000003"
+    cfg = fp32(tmp_path, max_steps=3, warmup_steps=2, save_every=3, resume=False, lr=1e-2)
+    rows = pack_documents(random_docs(40), 32, 256)
+    again = Trainer(tiny_model(0), CrossEntropy(), Loader(rows, 2, seed=5), collate, cfg)
+    again.fit()  # saves step 3 over the first run's
+    assert latest_checkpoint(ckpts).name == "step_0000003"
+    assert not [p for p in ckpts.iterdir() if p.name.startswith(".")]
+    resumed = killable_run(tmp_path, 3, seed=1)
+    assert resumed.step == 3
+    w = dict(again.model.named_parameters())
+    for k, v in resumed.model.named_parameters():
+        torch.testing.assert_close(v, w[k])  # the second run's weights, not the first's
 
 
 def test_metrics_eval_and_loss_png(tmp_path):

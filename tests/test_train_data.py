@@ -9,8 +9,19 @@ import json
 import pytest
 
 from tests.tiny_train import CHATS, byte_tokenizer
-from zenlm.train.data import (IGNORE, Loader, collate, collate_pairs, dpo_pair, pack_documents, pack_examples,
-                              pretrain_rows, read_documents, sft_example, sft_rows)
+from zenlm.train.data import (
+    IGNORE,
+    Loader,
+    collate,
+    collate_pairs,
+    dpo_pair,
+    pack_documents,
+    pack_examples,
+    pretrain_rows,
+    read_documents,
+    sft_example,
+    sft_rows,
+)
 
 
 def labelled_text(tok, ids, labels) -> str:

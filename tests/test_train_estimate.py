@@ -18,7 +18,6 @@ from zenlm.cli import main
 from zenlm.config import preset
 from zenlm.train.estimate import estimate
 
-
 # A fresh launcher forks the training process: on Linux exec records the exec'ing mm's peak in the
 # process's ru_maxrss, so a child spawned straight from this (large) pytest process would report
 # pytest's own RSS. The grandchild starts from the launcher's small mm and its ru_maxrss is its own.
@@ -61,7 +60,8 @@ def test_estimate_breakdown_and_cli(capsys):
     assert full["optimizer"] == 2 * full["weights"] == 2 * full["gradients"]
     assert full["total"] == full["step"] > full["load"]  # training outgrows loading the fp32 weights
     assert qlora["load"] == lora["load"] and qlora["total"] == max(qlora["step"], qlora["load"])
-    assert lora["gradients"] < full["gradients"] / 50 and qlora["weights"] < lora["weights"] / 2  # the fp32 embedding stays
+    assert lora["gradients"] < full["gradients"] / 50
+    assert qlora["weights"] < lora["weights"] / 2  # the fp32 embedding stays
     ckpt = estimate(c, "full", 1024, 2, checkpointing=True)["bytes"]
     assert ckpt["activations"] < full["activations"] / 5
     assert main(["estimate", "zen-0.5b", "--method", "qlora", "--seq-len", "1024", "--batch", "2", "--json"]) == 0

@@ -12,10 +12,20 @@ import torch
 
 from tests.tiny_train import byte_tokenizer, tiny_model
 from zenlm.train.data import Loader, collate, collate_pairs, dpo_pair, pack_documents
-from zenlm.train.lora import (Linear4bit, LoRAConfig, LoRALinear, adapters_disabled, apply_lora, load_adapter,
-                              merge_lora, save_adapter)
+from zenlm.train.lora import (
+    Linear4bit,
+    LoRAConfig,
+    LoRALinear,
+    adapter_state_dict,
+    adapter_tensors,
+    adapters_disabled,
+    apply_lora,
+    load_adapter,
+    merge_lora,
+    save_adapter,
+)
 from zenlm.train.losses import DPO, CrossEntropy, dpo_loss
-from zenlm.train.trainer import Trainer, TrainConfig, hidden_states
+from zenlm.train.trainer import TrainConfig, Trainer, hidden_states
 
 TOKENS = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(0))
 POS = torch.arange(20).expand(2, 20)
@@ -58,6 +68,21 @@ def test_adapter_only_save_and_load(tmp_path):
     cfg = load_adapter(fresh, tmp_path)
     assert cfg.targets == ("q_proj", "v_proj", "down_proj")
     torch.testing.assert_close(fresh(TOKENS, POS), model(TOKENS, POS))
+
+
+def test_adapter_saved_from_a_gathered_state_dict(tmp_path):
+    cfg = LoRAConfig(rank=4, alpha=8)
+    model = apply_lora(tiny_model(), cfg)
+    perturb_adapters(model)
+    tensors = adapter_tensors(model.state_dict())  # what rank 0 has after gathering FSDP's shards
+    own = adapter_state_dict(model)
+    assert tensors.keys() == own.keys() and len(tensors) == 2 * 7 * 2
+    save_adapter(None, tmp_path, cfg, tensors)
+    fresh = tiny_model()
+    load_adapter(fresh, tmp_path)
+    torch.testing.assert_close(fresh(TOKENS, POS), model(TOKENS, POS))
+    with pytest.raises(ValueError, match="no LoRA adapter tensors"):
+        save_adapter(None, tmp_path, cfg, adapter_tensors(tiny_model().state_dict()))
 
 
 @pytest.mark.parametrize("kind,tol", [("nf4", 0.12), ("int4", 0.12)])

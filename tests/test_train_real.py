@@ -10,7 +10,7 @@ from zenlm.model import KVCache
 from zenlm.train.data import Loader, collate, pack_examples, sft_example
 from zenlm.train.lora import LoRAConfig, adapters_disabled, apply_lora
 from zenlm.train.losses import CrossEntropy
-from zenlm.train.trainer import Trainer, TrainConfig
+from zenlm.train.trainer import TrainConfig, Trainer
 
 CHATS = [
     {"messages": [{"role": "user", "content": "What is the password of the blue door?"},

@@ -2,14 +2,16 @@
 
 `setup()` reads torchrun's environment (gloo on CPU, nccl on GPU); `shard()` applies `fully_shard`
 per block and then to the root, which keeps the embedding, final norm and (tied) head together.
-Checkpoints are torch.distributed.checkpoint directories: they load on any number of ranks,
-including one process without a process group. Export gathers a full state dict on rank 0.
+Checkpoints are torch.distributed.checkpoint directories, written atomically (temp dir, fsync,
+rename): they load on any number of ranks, including one process without a process group. Export
+gathers a full state dict on rank 0.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +20,12 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
-                                                     set_state_dict)
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 
 
 @dataclass(slots=True)
@@ -86,22 +92,63 @@ def _options(frozen_too: bool) -> StateDictOptions:
     return StateDictOptions(ignore_frozen_params=not frozen_too, strict=frozen_too)
 
 
+def _save_synced(obj, path: Path) -> None:
+    """torch.save, flushed to the disk before it returns."""
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a directory's entries (new files, renames) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _clear_unfinished(directory: Path) -> None:
+    """Remove what killed saves left behind: `.tmp-step_N` being written, `.old-step_N` being replaced."""
+    for p in list(directory.glob(".tmp-step_*")) + list(directory.glob(".old-step_*")):
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def save_checkpoint(path: Path, model: nn.Module, optimizer, trainer_state: dict, d: Dist,
                     frozen_too: bool = True) -> None:
-    """Model and optimizer as a DCP directory; trainer state (step, scheduler, data) and each rank's RNG beside."""
-    path.mkdir(parents=True, exist_ok=True)
+    """Model and optimizer as a DCP directory; trainer state (step, scheduler, data) and each rank's RNG beside.
+
+    Atomic: everything goes into a sibling `.tmp-step_N`, is fsynced, marked COMPLETE and renamed to
+    `path` in one os.replace. A run killed while saving leaves the earlier checkpoints as they were.
+    """
+    tmp = path.with_name(f".tmp-{path.name}")
+    if d.main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _clear_unfinished(path.parent)
+        tmp.mkdir()
+    barrier(d)
     msd, osd = get_state_dict(model, optimizer, options=_options(frozen_too))
     with warnings.catch_warnings():  # "assuming the intent is to save in a single process": it is
         warnings.simplefilter("ignore", UserWarning)
-        dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(path))
+        dcp.save({"model": msd, "optim": osd}, storage_writer=dcp.FileSystemWriter(tmp, sync_files=True))
     rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
            "cuda": torch.cuda.get_rng_state() if d.device.type == "cuda" else None}
-    torch.save(rng, path / f"rng_rank{d.rank}.pt")
+    _save_synced(rng, tmp / f"rng_rank{d.rank}.pt")
     if d.main:
-        torch.save(trainer_state, path / "trainer.pt")
+        _save_synced(trainer_state, tmp / "trainer.pt")
     barrier(d)
     if d.main:
-        (path / "COMPLETE").write_text("")  # a checkpoint without it was interrupted while saving
+        with open(tmp / "COMPLETE", "wb") as f:
+            os.fsync(f.fileno())
+        _fsync_dir(tmp)
+        old = path.with_name(f".old-{path.name}")
+        if path.exists():  # the same step saved by an earlier run: set aside, dropped once replaced
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        shutil.rmtree(old, ignore_errors=True)
+    barrier(d)
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer, d: Dist, frozen_too: bool = True) -> dict:
@@ -124,8 +171,9 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, d: Dist, frozen_too
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
-    done = sorted(p for p in directory.glob("step_*") if (p / "COMPLETE").exists())
-    return done[-1] if done else None
+    """The complete checkpoint with the highest step (`step_N` with its COMPLETE marker), or None."""
+    done = [p for p in directory.glob("step_*") if p.name[5:].isdigit() and (p / "COMPLETE").exists()]
+    return max(done, key=lambda p: int(p.name[5:]), default=None)
 
 
 def full_state_dict(model: nn.Module, d: Dist) -> dict[str, torch.Tensor]:

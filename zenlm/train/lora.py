@@ -184,10 +184,22 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_adapter(model: nn.Module, directory: str | Path, cfg: LoRAConfig) -> None:
+def adapter_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The adapter tensors of a full model state dict (`X.lora_A`, as gathered from FSDP) under PEFT's names."""
+    return {f"base_model.model.{k.removesuffix(suffix)}.{suffix[1:]}.weight": v.detach().contiguous()
+            for k, v in state_dict.items() for suffix in (".lora_A", ".lora_B") if k.endswith(suffix)}
+
+
+def save_adapter(model: nn.Module | None, directory: str | Path, cfg: LoRAConfig,
+                 tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """adapter_model.safetensors + adapter_config.json; `tensors` (adapter_tensors of a gathered state
+    dict) instead of the model's own when the model is sharded."""
+    tensors = adapter_state_dict(model) if tensors is None else tensors
+    if not tensors:
+        raise ValueError("no LoRA adapter tensors to save")
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    save_file(adapter_state_dict(model), str(path / "adapter_model.safetensors"))
+    save_file(tensors, str(path / "adapter_model.safetensors"))
     meta = {"peft_type": "LORA", "r": cfg.rank, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout,
             "target_modules": list(cfg.targets), "bias": "none", "task_type": "CAUSAL_LM",
             "zen_quantize": cfg.quantize}

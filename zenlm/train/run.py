@@ -18,9 +18,9 @@ import torch
 from zenlm.train import data as data_mod
 from zenlm.train import distributed as D
 from zenlm.train.export import plain_state_dict, save_model_dir
-from zenlm.train.lora import LoRAConfig, adapters_disabled, apply_lora, save_adapter
+from zenlm.train.lora import LoRAConfig, adapter_tensors, adapters_disabled, apply_lora, save_adapter
 from zenlm.train.losses import DPO, CrossEntropy
-from zenlm.train.trainer import Trainer, TrainConfig, hidden_states
+from zenlm.train.trainer import TrainConfig, Trainer, hidden_states
 
 TASKS = ("pretrain", "sft", "dpo")
 
@@ -178,5 +178,5 @@ def export(trainer: Trainer, rc: RunConfig, config, tokenizer, gen: dict, lora_c
         return model.get_submodule(prefix).base.dequantize()
 
     save_model_dir(rc.output, config, plain_state_dict(sd, scale, dequantize), tokenizer, gen)
-    if lora_cfg is not None and not trainer.d.active:
-        save_adapter(model, Path(rc.output) / "adapter", lora_cfg)
+    if lora_cfg is not None:  # from the gathered tensors: under FSDP the model's own are shards
+        save_adapter(None, Path(rc.output) / "adapter", lora_cfg, adapter_tensors(sd))

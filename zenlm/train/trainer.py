@@ -76,6 +76,14 @@ def hidden_states(model: nn.Module, batch: Batch, checkpointing: bool = False) -
     return model.model.norm(x)
 
 
+def eval_batches(n: int, rank: int, world: int, batch_size: int) -> list[list[int]]:
+    """This rank's held-out batches as item indices (items rank, rank + world, ...), padded with empty
+    batches so that every rank gets the same number: ceil(ceil(n / world) / batch_size)."""
+    mine = list(range(rank, n, world))
+    count = math.ceil(math.ceil(n / world) / batch_size)
+    return [mine[s * batch_size:(s + 1) * batch_size] for s in range(count)]
+
+
 class Objective(nn.Module):
     """The model plus how a loss sees it; the root module FSDP wraps (its forward is one micro-batch)."""
 
@@ -162,19 +170,23 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float | None:
-        """Mean held-out loss (sum over the first eval_items items / their count), over all ranks."""
+        """Mean held-out loss (sum over the first eval_items items / their count), over all ranks.
+
+        Every rank runs the same number of forwards (FSDP's collectives need it): a rank whose share
+        is short runs padding batches whose loss is dropped.
+        """
         items = self.held_out[:self.cfg.eval_items]
         if not items:
             return None
         self.objective.eval()
-        mine = items[self.d.rank::self.d.world]
         total = torch.zeros(2, device=self.d.device)
-        B = self.cfg.batch_size
-        for s in range(0, len(mine), B):
-            b = self.collate(mine[s:s + B]).to(self.d.device)
+        for part in eval_batches(len(items), self.d.rank, self.d.world, self.cfg.batch_size):
+            b = self.collate([items[i] for i in part] or items[:1]).to(self.d.device)
             with self._autocast():
                 loss_sum, _ = self.objective(b, self.loss)
-            total += torch.stack([loss_sum.float(), torch.tensor(float(self.loss.count(b)), device=self.d.device)])
+            if part:
+                total += torch.stack([loss_sum.float(), torch.tensor(float(self.loss.count(b)),
+                                                                     device=self.d.device)])
         D.all_reduce_sum(total, self.d)
         return float(total[0] / total[1].clamp_min(1))
 
