@@ -181,14 +181,3 @@ def full_state_dict(model: nn.Module, d: Dist) -> dict[str, torch.Tensor]:
     if not d.active:
         return {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-
-
-def checkpoint_to_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """The model tensors of a DCP checkpoint as one plain state dict, offline (no process group)."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    tmp = path / "_full.pt"
-    dcp_to_torch_save(str(path), str(tmp))
-    sd = torch.load(tmp, weights_only=False)["model"]
-    tmp.unlink()
-    return sd

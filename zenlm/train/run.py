@@ -10,8 +10,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,6 +23,9 @@ from zenlm.train.export import plain_state_dict, save_model_dir
 from zenlm.train.lora import LoRAConfig, adapter_tensors, adapters_disabled, apply_lora, save_adapter
 from zenlm.train.losses import DPO, CrossEntropy
 from zenlm.train.trainer import TrainConfig, Trainer, hidden_states
+
+if TYPE_CHECKING:
+    from zenlm.tokenizer import Tokenizer
 
 TASKS = ("pretrain", "sft", "dpo")
 
@@ -98,7 +103,7 @@ def load_model(name: str, tokenizer_name: str | None, seed: int):
     return loaded.config, loaded.model.train().requires_grad_(True), loaded.tokenizer, loaded.generation_config
 
 
-def build_data(rc: RunConfig, tokenizer) -> tuple[list, list, callable]:
+def build_data(rc: RunConfig, tokenizer: Tokenizer) -> tuple[list, list, Callable[[list], data_mod.Batch]]:
     """(train items, held-out items, collate) for the task."""
     def items_of(paths):
         if rc.task == "pretrain":

@@ -99,7 +99,7 @@ class Objective(nn.Module):
 
 class Trainer:
     def __init__(self, model: nn.Module, loss, data: Loader, collate: Callable[[list], Batch], cfg: TrainConfig,
-                 held_out: list | None = None, dist: D.Dist | None = None, on_export=None):
+                 held_out: list | None = None, dist: D.Dist | None = None):
         self.cfg, self.loss, self.data, self.collate = cfg, loss, data, collate
         self.held_out, self.d = held_out or [], dist or D.Dist()
         self.model = model
