@@ -181,7 +181,7 @@ def test_api_key_comparison(serve):
     assert key_matches("s3cret", "s3cret") and not key_matches("s3cre", "s3cret")
     assert not key_matches("s3cret-and-more", "s3cret") and not key_matches("", "s3cret")
     url = serve(api_key="s3cret")
-    for token, status in (("s3cret", 200), ("s3cre", 401), ("s3cret" * 50, 401), ("S3CRET", 401), ("", 401)):
+    for token, status in (("s3cret", 200), ("s3cre", 401), ("s3cret" * 50, 401), ("S3CRET", 401), ("x", 401)):
         r = httpx.get(url + "/v1/models", headers={"Authorization": f"Bearer {token}"})
         assert r.status_code == status, token
 
