@@ -55,6 +55,12 @@ def test_bad_json_is_still_a_clear_400(url):
     assert r.status_code == 400 and r.json() == {"error": "the request body must be a JSON object"}
 
 
+def test_a_non_text_content_part_is_a_400_not_a_500(url):  # found by tests/test_server_fuzz.py
+    parts = [{"type": "image_url", "image_url": {"url": "x"}}]
+    r = httpx.post(url + "/api/chat", json={**CHAT, "messages": [{"role": "user", "content": parts}]})
+    assert r.status_code == 400 and "only text content parts are supported" in r.json()["error"]
+
+
 def test_tags_report_the_files_quantization_and_size(url):
     tags = httpx.get(url + "/api/tags").json()
     (m,) = tags["models"]

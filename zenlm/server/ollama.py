@@ -129,9 +129,9 @@ async def _run(state, name, ids, params, piece, finish, stream: bool):
 async def api_chat(req: OllamaChat, request: Request):
     state: ServerState = request.app.state.zen
     _model(state, req.model)
-    messages = [m.for_template() for m in req.messages]
     tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
-    try:
+    try:  # for_template refuses non-text parts, the template refuses bad turns: both are the client's
+        messages = [m.for_template() for m in req.messages]
         ids = state.tokenizer.encode(state.tokenizer.apply_chat(messages, tools=tools))
     except ValueError as e:
         raise APIError(str(e), 400) from e
