@@ -2,6 +2,7 @@
 against DNS rebinding, the request-body limit (413), the API key, token-id prompts out of range (400), and
 the `zen serve` flags that set them (one real process)."""
 
+import asyncio
 import os
 import re
 import subprocess
@@ -165,6 +166,25 @@ def test_a_chunked_body_that_grows_past_the_limit_gets_413(small):
     ok = httpx.post(small + "/v1/completions", content=pieces, headers={"Content-Type": "application/json"}, timeout=60)
     assert ok.status_code == 200, ok.text
     assert httpx.get(small + "/health").json() == {"status": "ok"}
+
+
+def test_the_client_reads_the_413_instead_of_a_reset(serve):
+    # the server reads and drops the rest of an oversized body before it answers and hangs up; bodies
+    # bigger than the socket buffers, or the client would not notice the hang-up
+    url = serve(Security(max_body_bytes=1 << 20))
+    body = b" " * ((1 << 20) + 1)
+
+    async def pieces():  # chunked
+        for i in range(0, len(body), 65536):
+            yield body[i:i + 65536]
+
+    async def main():
+        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+            for _ in range(20):
+                assert (await c.post("/v1/completions", content=body)).status_code == 413
+                assert (await c.post("/v1/completions", content=pieces())).status_code == 413
+
+    asyncio.run(main())
 
 
 def test_the_default_limit_is_16_mib(url):

@@ -18,6 +18,7 @@ from fastapi import Request
 from zenlm.server import errors
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024  # 16 MiB
+DRAIN_FACTOR = 4  # an oversized body is read (and dropped) up to 4x the limit before the 413, then the server hangs up
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 # Starlette's CORSMiddleware takes a regex; the same loopback rule as is_loopback_origin
 LOOPBACK_ORIGIN_RE = r"https?://(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d{1,5})?"
@@ -103,7 +104,9 @@ class Security:
 
 
 class BodyTooLarge(Exception):
-    pass
+    def __init__(self, complete: bool):
+        super().__init__("request body too large")
+        self.complete = complete  # whether the whole body has arrived already
 
 
 class Guard:
@@ -132,14 +135,14 @@ class Guard:
                 declared = int(length)
             except ValueError:
                 return await self._refuse(scope, receive, send, "bad Content-Length header", 400)
-            if declared > sec.max_body_bytes:
-                return await self._too_large(scope, receive, send)
+            if declared > sec.max_body_bytes:  # drain it only if that is cheap enough
+                return await self._too_large(scope, receive, send, drain=declared <= DRAIN_FACTOR * sec.max_body_bytes)
         if length is None and b"transfer-encoding" not in headers:
             return await self.app(scope, receive, send)  # no body
         try:
             body = await self._read(receive)
-        except BodyTooLarge:
-            return await self._too_large(scope, receive, send)
+        except BodyTooLarge as e:
+            return await self._too_large(scope, receive, send, drain=not e.complete)
         if body is None:  # the client went away while sending
             return None
         replayed = False
@@ -162,13 +165,23 @@ class Guard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.security.max_body_bytes:
-                raise BodyTooLarge
+                raise BodyTooLarge(complete=not message.get("more_body", False))
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
 
-    async def _too_large(self, scope, receive, send):
+    async def _too_large(self, scope, receive, send, drain: bool):
+        """413. With `drain`, the rest of the body is read and dropped first (up to DRAIN_FACTOR x the limit): a
+        server that hangs up while the client still sends makes the client see a connection reset, not the 413."""
         limit = self.security.max_body_bytes
+        left = DRAIN_FACTOR * limit if drain else 0
+        while left > 0:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            left -= len(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
         await self._refuse(scope, receive, send, f"the request body is over the {_size(limit)} limit "
                            "(zen serve --max-body-bytes)", 413, "request_too_large")
 
