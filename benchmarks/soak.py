@@ -70,10 +70,19 @@ class Soak:
             self.errors.append(f"{kind}: got {r.status_code}, expected {status}: {r.text[:200]}")
 
     async def one(self, c: httpx.AsyncClient) -> None:
-        kind = self.rng.choices(
+        kind = self.pick()
+        try:
+            await self.run(c, kind)
+        except httpx.HTTPError as e:
+            self.errors.append(f"{kind}: transport error {type(e).__name__}: {e}")
+
+    def pick(self) -> str:
+        return self.rng.choices(
             ["chat", "stream", "completion_ids", "ollama_curl", "disconnect_stream", "disconnect_wait",
              "bad_json", "bad_type", "bad_ids", "too_big", "bad_origin", "bad_host", "bad_model"],
             weights=[4, 4, 2, 2, 2, 2, 1, 1, 1, 1, 1, 1, 1])[0]
+
+    async def run(self, c: httpx.AsyncClient, kind: str) -> None:
         t = time.perf_counter()
         if kind == "chat":
             r = await c.post("/v1/chat/completions", json=self.chat(False))
@@ -137,10 +146,7 @@ class Soak:
     async def client(self, deadline: float) -> None:
         async with httpx.AsyncClient(base_url=self.url, timeout=300) as c:
             while time.monotonic() < deadline:
-                try:
-                    await self.one(c)
-                except httpx.HTTPError as e:
-                    self.errors.append(f"transport: {type(e).__name__}: {e}")
+                await self.one(c)
 
 
 async def sample(pid: int | None, deadline: float, every: float, out: list[tuple[float, float]]) -> None:

@@ -70,7 +70,7 @@ def test_a_request_from_a_foreign_origin_never_runs(url):
 
 
 @pytest.mark.parametrize("origin", ["http://localhost:3000", "http://127.0.0.1:8080", "http://[::1]:5173",
-                                    "https://localhost", "http://127.0.0.1"])
+                                    "https://localhost", "http://127.0.0.1", "http://app.localhost:3000"])
 def test_loopback_origins_pass(url, origin):
     r = httpx.options(url + "/v1/chat/completions", headers={"Origin": origin, **PREFLIGHT})
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == origin

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import Field
@@ -26,7 +25,7 @@ from zenlm.server import chat, completions, errors, ollama
 from zenlm.server.errors import APIError
 from zenlm.server.generate import ServerState
 from zenlm.server.protocol import ChatMessage, Tool, _Model
-from zenlm.server.security import LOOPBACK_ORIGIN_RE, Guard, Security
+from zenlm.server.security import CORS, Guard, Security
 
 UI_DIR = Path(__file__).resolve().parent / "ui"
 PROTECTED = ("/v1/", "/api/")
@@ -100,8 +99,7 @@ def create_app(state: ServerState, security: Security | None = None) -> FastAPI:
     # the last added runs first: Guard (host, origin, body size) -> CORS -> auth + counting -> routes
     app.add_middleware(ollama.AnyContentType)
     app.add_middleware(AuthAndCount, state=state)
-    app.add_middleware(CORSMiddleware, allow_origins=["*"] if security.any_origin else security.allowed_origins,
-                       allow_origin_regex=LOOPBACK_ORIGIN_RE, allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(CORS, security=security)
     app.add_middleware(Guard, security=security)
     app.include_router(chat.router)
     app.include_router(completions.router)

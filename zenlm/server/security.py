@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from fastapi import Request
+from starlette.middleware.cors import CORSMiddleware
 
 from zenlm.server import errors
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024  # 16 MiB
 DRAIN_FACTOR = 4  # an oversized body is read (and dropped) up to 4x the limit before the 413, then the server hangs up
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
-# Starlette's CORSMiddleware takes a regex; the same loopback rule as is_loopback_origin
-LOOPBACK_ORIGIN_RE = r"https?://(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d{1,5})?"
 
 
 def is_loopback_name(host: str) -> bool:
@@ -101,6 +100,18 @@ class Security:
             return True
         name = split_host(host)
         return is_loopback_name(name) or name in self.allowed_hosts or host.strip().lower() in self.allowed_hosts
+
+
+class CORS(CORSMiddleware):
+    """Starlette's CORS headers, with the origin rule of Security (so Guard and CORS never disagree)."""
+
+    def __init__(self, app, security: Security):
+        super().__init__(app, allow_origins=["*"] if security.any_origin else security.allowed_origins,
+                         allow_methods=["*"], allow_headers=["*"])
+        self.security = security
+
+    def is_allowed_origin(self, origin: str) -> bool:
+        return self.security.origin_allowed(origin, None)
 
 
 class BodyTooLarge(Exception):
