@@ -6,11 +6,10 @@ import time
 
 import httpx
 import pytest
+import schemathesis
 import tiny_server
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-
-schemathesis = pytest.importorskip("schemathesis")
 
 EXAMPLES = 10  # per route
 LONG = 8  # generated lengths in (LONG, context] are clamped to LONG; larger ones stay (they get a 400 at once)
