@@ -90,7 +90,8 @@ def cmd_serve(args) -> int:
     from zenlm.server.serve import serve
 
     return serve(args.model, args.host, args.port, args.api_key or os.environ.get("ZEN_API_KEY"), args.dtype,
-                 args.device, args.served_model_name, args.max_num_seqs, args.log_level)
+                 args.device, args.served_model_name, args.max_num_seqs, args.log_level, args.allowed_origins,
+                 args.allowed_hosts, args.max_body_bytes)
 
 
 def cmd_info(args) -> int:
@@ -217,6 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--served-model-name", default=None, help="the model id clients use (default: --model)")
     s.add_argument("--max-num-seqs", type=int, default=16, help="sequences decoded together")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--allowed-origins", default=None, metavar="LIST",
+                   help="comma-separated origins browsers may call from, '*' for any; loopback origins always "
+                        "may (default: $ZEN_ALLOWED_ORIGINS)")
+    s.add_argument("--allowed-hosts", default=None, metavar="LIST",
+                   help="comma-separated Host names accepted besides loopback ones; bound to loopback, others "
+                        "get 403 (DNS rebinding); setting it turns the check on for any --host "
+                        "(default: $ZEN_ALLOWED_HOSTS)")
+    s.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024,
+                   help="request bodies over this get 413 (default: 16 MiB)")
     s.set_defaults(func=cmd_serve)
 
     b = sub.add_parser("bench", help="measure load, prefill, decode, time to first token, throughput, memory")

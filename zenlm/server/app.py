@@ -3,19 +3,20 @@
 create_app(state) wires chat.py, completions.py and ollama.py with the small routes that live here:
 /health, /v1/models, /tokenize, /detokenize, /tokenizer_info, /metrics, and `/` + `/ui/*`, which
 serve zenlm/server/ui/ (the page itself lives there, not here). With an API key, /v1 and /api routes
-need `Authorization: Bearer KEY`; /health, /metrics and the page stay open.
+need `Authorization: Bearer KEY`; /health, /metrics and the page stay open. security.py's Guard and CORS
+(loopback origins, plus --allowed-origins) wrap everything.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import time
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import Field
@@ -24,6 +25,7 @@ from zenlm.server import chat, completions, errors, ollama
 from zenlm.server.errors import APIError
 from zenlm.server.generate import ServerState
 from zenlm.server.protocol import ChatMessage, Tool, _Model
+from zenlm.server.security import CORS, Guard, Security
 
 UI_DIR = Path(__file__).resolve().parent / "ui"
 PROTECTED = ("/v1/", "/api/")
@@ -58,7 +60,7 @@ class AuthAndCount:
         if state.api_key and path.startswith(PROTECTED) and scope["method"] != "OPTIONS":  # CORS preflights pass
             header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
             scheme, _, token = header.partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), state.api_key.encode()):
+            if scheme.lower() != "bearer" or not key_matches(token.strip(), state.api_key):
                 counter.labels(route=_route(path), status="401").inc()
                 response = errors.response(Request(scope), "missing or wrong API key: send Authorization: Bearer <key>",
                                            401, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
@@ -80,15 +82,25 @@ class AuthAndCount:
             counter.labels(route=_route(path), status=str(status)).inc()
 
 
-def create_app(state: ServerState) -> FastAPI:
+def key_matches(given: str, key: str) -> bool:
+    """Constant time in the key's content and length: compare the digests, not the strings."""
+    digest = hashlib.sha256
+    return hmac.compare_digest(digest(given.encode()).digest(), digest(key.encode()).digest())
+
+
+def create_app(state: ServerState, security: Security | None = None) -> FastAPI:
+    """The app; `security` defaults to loopback origins only, the loopback Host check, a 16 MiB body limit."""
+    security = security or Security()
     app = FastAPI(title="zen serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.zen = state
     started = int(time.time())
     errors.install(app)
 
+    # the last added runs first: Guard (host, origin, body size) -> CORS -> auth + counting -> routes
+    app.add_middleware(ollama.AnyContentType)
     app.add_middleware(AuthAndCount, state=state)
-    # browsers on other origins may call the API (the key, when set, still guards it)
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+    app.add_middleware(CORS, security=security)
+    app.add_middleware(Guard, security=security)
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(ollama.router)
@@ -167,7 +179,8 @@ def create_app(state: ServerState) -> FastAPI:
 def _route(path: str) -> str:
     """A bounded label for metrics: known route prefixes, else "other"."""
     for known in ("/v1/chat/completions", "/v1/completions", "/v1/models", "/api/chat", "/api/generate",
-                  "/api/tags", "/tokenize", "/detokenize", "/tokenizer_info", "/health", "/metrics"):
+                  "/api/tags", "/api/show", "/api/ps", "/api/version", "/tokenize", "/detokenize",
+                  "/tokenizer_info", "/health", "/metrics"):
         if path.startswith(known):
             return known
     return "other"

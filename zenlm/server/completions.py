@@ -43,8 +43,10 @@ def prompt_ids(state: ServerState, req: CompletionRequest) -> list[list[int]]:
     vocab = state.tokenizer.vocab_size
     for p in prompts:
         ids = state.tokenizer.encode(p) if isinstance(p, str) else list(p)
-        if any(not 0 <= t < vocab for t in ids):
-            raise APIError(f"prompt token ids must be in 0..{vocab - 1}", 400, "prompt")
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise APIError(f"prompt token id {bad} is outside the vocabulary: ids must be in 0..{vocab - 1}", 400,
+                           "prompt")
         check_prompt(state, len(ids), "prompt")
         if req.echo and req.logprobs is not None and len(ids) > MAX_SCORED:
             raise APIError(f"echo with logprobs scores prompts of at most {MAX_SCORED} tokens; this one is "

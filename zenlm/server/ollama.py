@@ -1,8 +1,10 @@
-"""Ollama's native API: POST /api/chat, POST /api/generate, GET /api/tags, GET /api/version.
+"""Ollama's native API: POST /api/chat, /api/generate, /api/show; GET /api/tags, /api/ps, /api/version.
 
 Streams are NDJSON (one JSON object a line, the last with done: true), streaming is the default,
 sampling settings come in `options` (num_predict, repeat_penalty, ...), `format` is "json" or a JSON
 schema (enforced by grammar), and tool-call arguments are objects, not strings, as Ollama sends them.
+Bodies are JSON whatever their Content-Type (curl -d sends a form type; Ollama reads JSON anyway).
+Model details (quantization level, parameter size, digest) come from the file: model_info.py.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import Field, ValidationError
 
+from zenlm.server import model_info
 from zenlm.server import tools as toolcalls
 from zenlm.server.errors import APIError
 from zenlm.server.generate import ServerState, check_prompt, choices, sampling_params
@@ -27,6 +30,19 @@ VERSION = "0.6.0"  # the Ollama API version these routes follow
 OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
            "repeat_penalty": "repetition_penalty", "presence_penalty": "presence_penalty",
            "frequency_penalty": "frequency_penalty", "seed": "seed", "stop": "stop"}
+
+
+class AnyContentType:
+    """ASGI middleware: POST bodies to /api/* are read as JSON whatever Content-Type says (or if none)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/api/"):
+            headers = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-type"]
+            scope = {**scope, "headers": headers + [(b"content-type", b"application/json")]}
+        return await self.app(scope, receive, send)
 
 
 class OllamaChat(_Model):
@@ -113,9 +129,9 @@ async def _run(state, name, ids, params, piece, finish, stream: bool):
 async def api_chat(req: OllamaChat, request: Request):
     state: ServerState = request.app.state.zen
     _model(state, req.model)
-    messages = [m.for_template() for m in req.messages]
     tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
-    try:
+    try:  # for_template refuses non-text parts, the template refuses bad turns: both are the client's
+        messages = [m.for_template() for m in req.messages]
         ids = state.tokenizer.encode(state.tokenizer.apply_chat(messages, tools=tools))
     except ValueError as e:
         raise APIError(str(e), 400) from e
@@ -180,18 +196,47 @@ async def api_generate(req: OllamaGenerate, request: Request):
     return await _run(state, req.model, ids, params, lambda t: {"response": t}, finish, req.stream)
 
 
+class OllamaShow(_Model):
+    model: str | None = None
+    name: str | None = None  # the older spelling of `model`
+    verbose: bool = False
+
+
+async def _entry(state: ServerState) -> dict:
+    """The fields /api/tags and /api/ps share for the one model served."""
+    info = await asyncio.to_thread(model_info.describe, state.llm)
+    return {"name": state.model_name, "model": state.model_name, "modified_at": info.modified_at,
+            "size": info.size, "digest": info.digest, "details": info.details}
+
+
 @router.get("/api/tags")
 async def api_tags(request: Request):
+    return {"models": [await _entry(request.app.state.zen)]}
+
+
+@router.get("/api/ps")
+async def api_ps(request: Request):
     state: ServerState = request.app.state.zen
-    path = state.llm.path
-    size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.glob("*") if f.is_file())
-    c = state.llm.config
-    details = {"format": "gguf" if path.suffix == ".gguf" else "safetensors", "family": "qwen2",
-               "families": ["qwen2"], "parameter_size": "", "quantization_level": str(state.llm.dtype)}
-    return {"models": [{"name": state.model_name, "model": state.model_name,
-                        "modified_at": datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(),
-                        "size": size, "digest": "", "details": details,
-                        "context_length": c.context_length}]}
+    entry = await _entry(state)
+    # loaded for the server's lifetime; CPU memory, so nothing in VRAM
+    entry |= {"size": model_info.resident_bytes(state.llm), "expires_at": model_info.FOREVER, "size_vram": 0,
+              "context_length": state.context_length}
+    return {"models": [entry]}
+
+
+@router.post("/api/show")
+async def api_show(req: OllamaShow, request: Request):
+    state: ServerState = request.app.state.zen
+    name = req.model or req.name
+    if not name:
+        raise APIError("model is required", 400)
+    _model(state, name)
+    info = await asyncio.to_thread(model_info.describe, state.llm)
+    meta = info.metadata if req.verbose else model_info.brief(info.metadata)
+    return {"modelfile": f"# Modelfile of zen serve\nFROM {state.llm.path}\n",
+            "parameters": model_info.parameters(state.llm.generation_config),
+            "template": state.tokenizer.chat_template or "", "details": info.details, "model_info": meta,
+            "capabilities": ["completion", "tools"], "modified_at": info.modified_at}
 
 
 @router.get("/api/version")

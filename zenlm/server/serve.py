@@ -2,6 +2,7 @@
 
 Ctrl-C (SIGINT) or SIGTERM makes uvicorn stop accepting, give requests in flight a few seconds,
 then cancel what is left (which aborts their sequences) before the engine loop is closed.
+The safe defaults (security.py) are set here from the flags: allowed origins and hosts, the body limit.
 """
 
 from __future__ import annotations
@@ -15,21 +16,24 @@ GRACE_S = 5  # seconds in-flight requests get to finish on shutdown
 
 def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           dtype: str = "int4", device: str = "cpu", served_name: str | None = None, max_num_seqs: int = 16,
-          log_level: str = "warning") -> int:
+          log_level: str = "warning", allowed_origins: str | None = None, allowed_hosts: str | None = None,
+          max_body_bytes: int = 16 * 1024 * 1024) -> int:
     import uvicorn
 
     from zenlm.engine.engine import EngineConfig
     from zenlm.engine.llm import AsyncLLM
     from zenlm.server.app import create_app
     from zenlm.server.generate import ServerState
+    from zenlm.server.security import Security
 
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {port}")
+    security = Security.for_bind(host, allowed_origins, allowed_hosts, max_body_bytes)  # bad flags fail first
     _check_bind(host, port)  # fail in a second, not after loading the model
     engine = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max(512, max_num_seqs))
     llm = AsyncLLM(model, dtype=dtype, device=device, progress=sys.stderr.isatty(), engine=engine)
     state = ServerState(llm, served_name or model, api_key or None)
-    config = uvicorn.Config(create_app(state), host=host, port=port, log_level=log_level, lifespan="off",
+    config = uvicorn.Config(create_app(state, security), host=host, port=port, log_level=log_level, lifespan="off",
                             timeout_graceful_shutdown=GRACE_S, access_log=log_level in ("info", "debug"))
     server = uvicorn.Server(config)
 
