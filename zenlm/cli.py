@@ -91,7 +91,7 @@ def cmd_serve(args) -> int:
 
     return serve(args.model, args.host, args.port, args.api_key or os.environ.get("ZEN_API_KEY"), args.dtype,
                  args.device, args.served_model_name, args.max_num_seqs, args.log_level, args.allowed_origins,
-                 args.allowed_hosts, args.max_body_bytes)
+                 args.allowed_hosts, args.max_body_bytes, args.max_waiting)
 
 
 def cmd_info(args) -> int:
@@ -217,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $ZEN_API_KEY)")
     s.add_argument("--served-model-name", default=None, help="the model id clients use (default: --model)")
     s.add_argument("--max-num-seqs", type=int, default=16, help="sequences decoded together")
+    s.add_argument("--max-waiting", type=int, default=256,
+                   help="requests queued beyond those running; more get 429 with Retry-After")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     s.add_argument("--allowed-origins", default=None, metavar="LIST",
                    help="comma-separated origins browsers may call from, '*' for any; loopback origins always "
