@@ -104,19 +104,19 @@ class LoRALinear(nn.Module):
     """base(x) + scale * B(A(dropout(x))) for each targeted member; A kaiming-uniform, B zero, so it
     starts as the base.
 
-    `parts` are the base's checkpoint members and their rows, in order (a fused q/k/v has three, a
-    plain linear one: itself, by its own name). Each targeted member has its own A/B pair (lora_A[member] [r, K],
-    lora_B[member] [rows, r]) that adds into its rows only, as PEFT's adapter on that HF linear would.
-    With glu (an MLP's down projection) the input is [gate, up] and both paths see silu(gate) * up.
+    `parts` are the base's checkpoint (HF) members and their rows, in order: a fused (packed) q/k/v
+    has three, a plain linear one, itself by its own name. Each targeted member (all when targets is
+    None) has its own pair, lora_A[member] [r, K] and lora_B[member] [rows, r], adding into its rows
+    only, as PEFT's adapter on that HF linear would. With glu (an MLP's down projection) the input is
+    [gate, up] and the base and the adapter both see silu(gate) * up.
     """
 
-    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float = 0.0,
-                 parts: dict[str, int] | None = None, targets: tuple[str, ...] | None = None,
-                 glu: bool = False, packed: bool = False):
+    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float, parts: dict[str, int],
+                 targets: tuple[str, ...] | None = None, glu: bool = False, packed: bool = False):
         super().__init__()
         self.base = base
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.parts = dict(parts or {"linear": self.out_features})
+        self.parts = dict(parts)
         assert sum(self.parts.values()) == self.out_features, f"parts {self.parts} do not cover {self.out_features}"
         dev = base.packed.device if isinstance(base, Linear4bit) else base.weight.device
         chosen = [m for m in self.parts if targets is None or m in targets]
@@ -164,7 +164,7 @@ class LoRALinear(nn.Module):
 
     def adapters(self, name: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """HF module name -> (A, B) for each targeted member, `name` being this module's own."""
-        parent, _, leaf = name.rpartition(".")
+        parent = name.rpartition(".")[0]
         return {(f"{parent}.{m}" if self.packed else name): (self.lora_A[m], self.lora_B[m]) for m in self.lora_A}
 
 
