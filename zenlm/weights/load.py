@@ -146,7 +146,7 @@ def build(config: Config, tensors: Iterator[tuple[str, torch.Tensor]], path: Pat
             received.add("lm_head.weight")
             _install(model, "lm_head", sd, quant, dtype, device)
             del need["lm_head"]
-        elif "lm_head.weight" not in sd:
+        elif "lm_head.weight" not in received:
             sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
             received.add("lm_head.weight")
     emb = sd.get("model.embed_tokens.weight")
