@@ -2,9 +2,9 @@
 
 One readable file for every architecture in the family; MoE is a module choice inside the block.
 Names follow HF (`model.layers.{i}.self_attn.o_proj.weight`) except that q/k/v and gate/up are fused
-(`qkv_proj`, `gate_up_proj`, PackedLinear): `checkpoint_layout` maps each checkpoint name to the
-tensor and rows it fills here, and weights/ fills them. `forward(tokens, positions, cache) -> logits`; `KVCache`
-is a simple contiguous cache for incremental decoding. Scheduling lives in engine/.
+(`qkv_proj`, `gate_up_proj`: PackedLinear); `checkpoint_layout` maps each checkpoint name to the
+tensor and rows it fills here, and weights/ fills them. `forward(tokens, positions, cache) -> logits`
+with any `Cache`; `KVCache` is a simple contiguous one. Scheduling lives in engine/.
 """
 
 from __future__ import annotations
