@@ -17,7 +17,7 @@ import time
 import torch
 
 from zenlm.config import preset
-from zenlm.model import Transformer
+from zenlm.model import Transformer, checkpoint_state_dict
 from zenlm.train.data import Batch, Loader, Row
 from zenlm.train.export import hf_config
 from zenlm.train.losses import CrossEntropy
@@ -108,7 +108,7 @@ def main() -> None:
         import transformers
 
         hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**hf_config(c)))
-        hf.load_state_dict(copy.deepcopy(zen.state_dict()), strict=False)
+        hf.load_state_dict(copy.deepcopy(checkpoint_state_dict(zen)), strict=False)  # HF names, unfused
         hf.tie_weights()
         hf.train()
         result["transformers"] = transformers.__version__

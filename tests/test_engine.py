@@ -11,7 +11,7 @@ import torch
 from zenlm.config import Config
 from zenlm.engine.engine import Engine, EngineConfig
 from zenlm.engine.sampling import SamplingParams
-from zenlm.model import Transformer
+from zenlm.model import Transformer, checkpoint_state_dict
 from zenlm.tokenizer import Tokenizer
 from zenlm.tokenizer.bpe import bytes_to_unicode
 
@@ -22,8 +22,8 @@ GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
 
 @pytest.fixture(scope="module", params=["float32", "int8"])
 def model(request):
-    """The tiny model in float32 (torch attention everywhere), and quantized the way the loader does it
-    (fused q/k/v and gate/up, int8 weights), where decode steps run zenlm's C attention kernel."""
+    """The tiny model in float32 and quantized the way the loader does it (int8 weights); both have fused
+    q/k/v, so the engine's steps run zenlm's C attention kernel (PagedKVCache.attend)."""
     torch.manual_seed(0)
     m = Transformer(TINY).eval()
     m.init_weights(std=0.3)
@@ -31,8 +31,8 @@ def model(request):
         return m
     from zenlm.weights.load import build
 
-    q = build(TINY, iter(m.state_dict().items()), Path("tiny"), quant="int8")
-    assert q.model.layers[0].self_attn.qkv_proj is not None
+    q = build(TINY, iter(checkpoint_state_dict(m).items()), Path("tiny"), quant="int8")
+    assert q.model.layers[0].mlp.down_proj.glu  # quantized the loader's way: [gate, up] into the kernel
     return q
 
 
@@ -79,15 +79,20 @@ def test_paged_decoding_equals_full_recompute(model, tokenizer):
 
 
 def test_native_attention_equals_torch_attention(model, tokenizer):
+    """The C kernel's attention (rope, paged cache write, attention) against torch's on the same steps;
+    every attention call of the native engine must really have gone through the kernel."""
     ps = prompts(4, seed=5)
     native, plain = engine(model, tokenizer), engine(model, tokenizer)
     plain.runner.cache.native = False
-    got = [], []
-    for eng, logits in zip((native, plain), got):
-        run_step = eng.runner.run
+    got, ran = ([], []), ([], [])  # per engine: the logits of each step; per attend call: did the kernel run
+    for eng, logits, kernel in zip((native, plain), got, ran):
+        run_step, attend = eng.runner.run, eng.runner.cache.attend
         eng.runner.run = lambda batch, run_step=run_step, logits=logits: logits.append(run_step(batch)) or logits[-1]
+        eng.runner.cache.attend = lambda *a, attend=attend, kernel=kernel: kernel.append(attend(*a)) or kernel[-1]
         run(eng, ps)
     assert len(got[0]) == len(got[1]) > 10
+    assert len(ran[0]) >= len(got[0]) * TINY.num_layers and all(out is not None for out in ran[0])
+    assert ran[1] and all(out is None for out in ran[1])  # the plain engine took torch's path every time
     for a, b in zip(*got):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 

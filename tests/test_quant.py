@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import zenlm.quant.linear
-from zenlm.quant.linear import QLinear, _quantize_torch, quantize_model
+from zenlm.quant.linear import QLinear, _quantize_torch, quantize_linear, quantize_model
 from zenlm.quant.native import _cpu_id, build, lib
 
 
@@ -64,6 +64,23 @@ def test_swiglu_input_equals_silu_times_up(kernels, dtype):
         got = q.swiglu(gate_up)
         assert got.dtype == dtype and got.shape == (M, 40)
         assert ((got.float() - want).norm() / want.norm()).item() < 0.012
+
+
+def test_a_quantized_down_projection_keeps_the_swiglu_contract(kernels):
+    """quantize_linear of an MLP's SwiGLULinear takes [gate, up] too, inside the kernel (spec kind swiglu)."""
+    from zenlm.model import SwiGLULinear
+
+    torch.manual_seed(0)
+    down = SwiGLULinear(64, 40, bias=True)
+    q = quantize_linear(down, "int8")
+    assert isinstance(q, QLinear) and q.glu and q.spec() == ["swiglu", 64, 40, 8, True]
+    gate_up = torch.randn(2, 5, 128) * 3
+    with torch.no_grad():
+        want = down(gate_up)
+    got = q(gate_up)
+    assert got.shape == (2, 5, 40) and ((got - want).norm() / want.norm()).item() < 0.012
+    narrow = SwiGLULinear(40, 8, bias=False)  # K = 40 cannot be quantized: the same module, frozen
+    assert quantize_linear(narrow, "int8") is narrow and not narrow.weight.requires_grad
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -152,7 +169,7 @@ def test_attention_kernel_equals_sdpa(kernels, bs, B, T, contexts):
 @pytest.mark.parametrize("hidden", [64, 48])  # 48: q/k/v and gate/up fuse but stay in float
 def test_a_saved_quantized_model_restores_to_the_same_outputs(tmp_path, hidden):
     from zenlm.config import Config
-    from zenlm.model import Transformer
+    from zenlm.model import Transformer, checkpoint_state_dict
     from zenlm.weights import prequantized
     from zenlm.weights.load import build
 
@@ -161,14 +178,15 @@ def test_a_saved_quantized_model_restores_to_the_same_outputs(tmp_path, hidden):
     torch.manual_seed(0)
     m = Transformer(c)
     m.init_weights(std=0.2)
-    q = build(c, iter(m.state_dict().items()), tmp_path, quant="int4")
+    q = build(c, iter(checkpoint_state_dict(m).items()), tmp_path, quant="int4")
     prequantized.save(q, tmp_path / "q.safetensors")
     r = prequantized.restore(c, tmp_path / "q.safetensors")
     ids = torch.randint(0, 96, (2, 7))
     pos = torch.arange(7).expand(2, 7)
     with torch.inference_mode():
         torch.testing.assert_close(r(ids, pos), q(ids, pos), rtol=0, atol=0)
-    assert type(r.model.layers[0].self_attn.qkv_proj) is type(q.model.layers[0].self_attn.qkv_proj)
+    for name, module in q.named_modules():  # the same module types, the fused float ones included
+        assert type(r.get_submodule(name)) is type(module), name
 
 
 HELD_OUT = inspect.getsource(json)[:4000]  # text the model was not tuned on in this form: stdlib source
@@ -192,7 +210,7 @@ def test_quantized_real_model_stays_close_to_fp32(fp32_reference, mode, ppl_boun
 
     ids, ref = fp32_reference
     m = load("default", dtype=torch.float32, quant=mode, progress=False).model
-    assert m.model.layers[0].self_attn.qkv_proj is not None and m.model.layers[0].mlp.gate_up_proj is not None
+    assert isinstance(m.model.layers[0].self_attn.qkv_proj, QLinear) and m.model.layers[0].mlp.down_proj.glu
     with torch.inference_mode():
         logits = m(ids, torch.arange(ids.shape[1])[None]).float()
     p_ref, p = perplexity(ref, ids), perplexity(logits, ids)

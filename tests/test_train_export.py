@@ -53,6 +53,38 @@ def test_sft_lora_export_loads_in_transformers_with_equal_logits(tmp_path, sft_f
     assert gen["eos_token_id"][0] == 258  # <|im_end|> first: the fine-tuned model stops at the end of its turn
 
 
+@pytest.mark.parametrize("quantize", [None, "nf4"])
+def test_lora_on_some_shards_exports_hf_names_equal_to_the_trained_model(tmp_path, quantize):
+    """LoRA on k_proj and gate_proj only (shards of the fused linears) and o_proj, 4-bit base or not:
+    the export splits q/k/v and gate/up back into HF linears, the adapters merged into their own rows,
+    and transformers and zenlm both load it with the trained model's logits."""
+    from safetensors import safe_open
+
+    from tests.tiny_train import byte_tokenizer, tiny_model
+    from zenlm.train.export import plain_state_dict, save_model_dir
+    from zenlm.train.lora import LoRAConfig, LoRALinear, apply_lora
+
+    model = apply_lora(tiny_model(), LoRAConfig(rank=4, alpha=8, targets=("k_proj", "gate_proj", "o_proj"),
+                                                quantize=quantize))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                for B in m.lora_B.values():
+                    B.copy_(torch.randn(B.shape, generator=g) * 0.1)
+    sd = plain_state_dict(model.state_dict(), 2.0, lambda prefix, _sd: model.get_submodule(prefix).base.dequantize())
+    out = save_model_dir(tmp_path / "out", model.config, sd, byte_tokenizer())
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        names = set(f.keys())
+    assert "model.layers.1.self_attn.v_proj.bias" in names and "model.layers.0.mlp.up_proj.weight" in names
+    assert not any("qkv_proj" in n or "gate_up_proj" in n or "lora" in n or ".base." in n for n in names)
+    tokens = torch.randint(0, 300, (2, 13), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model(tokens, torch.arange(13).expand(2, 13))
+    torch.testing.assert_close(zen_logits(out, tokens), want, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(hf_logits(out, tokens), want, atol=1e-4, rtol=1e-4)
+
+
 def test_dpo_and_yaml_config(tmp_path):
     base = write_model_dir(tmp_path / "base")
     data = tmp_path / "pairs.jsonl"

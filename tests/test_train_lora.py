@@ -36,7 +36,8 @@ def perturb_adapters(model, seed=1):
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, LoRALinear):
-                m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.1)
+                for B in m.lora_B.values():
+                    B.copy_(torch.randn(B.shape, generator=g) * 0.1)
 
 
 def test_lora_starts_as_base_and_merges_exactly():
@@ -46,7 +47,8 @@ def test_lora_starts_as_base_and_merges_exactly():
     torch.testing.assert_close(model(TOKENS, POS), ref)  # B = 0
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(".lora_" in n for n in trainable)
-    assert sum(isinstance(m, LoRALinear) for m in model.modules()) == 2 * 7
+    lora = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    assert len(lora) == 2 * 4 and sum(len(m.lora_A) for m in lora) == 2 * 7  # q/k/v and gate/up: one pair each
     perturb_adapters(model)
     unmerged = model(TOKENS, POS)
     assert (unmerged - ref).abs().max() > 1e-3
@@ -85,6 +87,33 @@ def test_adapter_saved_from_a_gathered_state_dict(tmp_path):
         save_adapter(None, tmp_path, cfg, adapter_tensors(tiny_model().state_dict()))
 
 
+def test_adapter_is_peft_shaped_per_hf_linear():
+    """Targets on shards of the fused linears save as PEFT adapters on the HF linears, and PEFT's own
+    formula on the HF weights (W + B @ A * alpha / r per adapted linear) gives the LoRA model's logits."""
+    from pathlib import Path
+
+    from zenlm.model import checkpoint_state_dict
+    from zenlm.train.lora import adapter_state_dict
+    from zenlm.weights.load import build
+
+    base = tiny_model()
+    hf = {k: v.clone() for k, v in checkpoint_state_dict(base).items()}
+    model = apply_lora(copy.deepcopy(base), LoRAConfig(rank=4, alpha=8, targets=("k_proj", "up_proj", "o_proj")))
+    perturb_adapters(model)
+    sd = adapter_state_dict(model)
+    names = {k.removeprefix("base_model.model.").rsplit(".", 2)[0] for k in sd}
+    assert names == {f"model.layers.{i}.{m}" for i in range(2) for m in ("self_attn.k_proj", "mlp.up_proj",
+                                                                          "self_attn.o_proj")}
+    assert sd["base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight"].shape == (32, 4)
+    assert sd["base_model.model.model.layers.0.mlp.up_proj.lora_A.weight"].shape == (4, 64)
+    for name in names:
+        A, B = (sd[f"base_model.model.{name}.lora_{x}.weight"] for x in "AB")
+        hf[f"{name}.weight"] = hf[f"{name}.weight"] + B @ A * 2.0
+    peft_style = build(base.config, iter(hf.items()), Path("peft"))
+    with torch.no_grad():
+        torch.testing.assert_close(peft_style(TOKENS, POS), model(TOKENS, POS), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("kind,tol", [("nf4", 0.12), ("int4", 0.12)])
 def test_4bit_base_is_close_and_qlora_trains(tmp_path, kind, tol):
     lin = torch.nn.Linear(128, 64)
@@ -93,7 +122,7 @@ def test_4bit_base_is_close_and_qlora_trains(tmp_path, kind, tol):
     err = (q.dequantize() - lin.weight).norm() / lin.weight.norm()
     assert err < tol, err
     model = apply_lora(tiny_model(hidden_size=64), LoRAConfig(rank=4, alpha=8, quantize=kind))
-    wrapped = [m for n, m in model.named_modules() if n.endswith(("q_proj", "up_proj", "down_proj"))]
+    wrapped = [m for n, m in model.named_modules() if n.endswith(("qkv_proj", "gate_up_proj", "down_proj"))]
     assert len(wrapped) == 6 and all(isinstance(m, LoRALinear) and isinstance(m.base, Linear4bit) for m in wrapped)
     rows = pack_documents([list(range(i, i + 30)) for i in range(0, 200, 10)], 32, 256)
     tr = Trainer(model, CrossEntropy(), Loader(rows[:2], 2, shuffle=False), collate,

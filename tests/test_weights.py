@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import save_file
 
 from zenlm.config import Config
-from zenlm.model import Transformer
+from zenlm.model import Transformer, checkpoint_state_dict
 from zenlm.tokenizer import Tokenizer
 from zenlm.tokenizer.bpe import bytes_to_unicode
 from zenlm.weights.gguf import _BLOCK, _EXPERTS, _GLOBAL
@@ -36,7 +36,7 @@ def tokenizer_meta() -> dict:
 
 def random_weights(c: Config) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
-    return {k: torch.randn(v.shape) * 0.2 for k, v in Transformer(c).state_dict().items()}
+    return {k: torch.randn(v.shape) * 0.2 for k, v in checkpoint_state_dict(Transformer(c)).items()}
 
 
 def gguf_name(hf: str) -> tuple[str, int | None]:
@@ -133,6 +133,12 @@ def test_gguf_and_safetensors_give_the_same_logits(tmp_path, c):
     assert a.config.replace(name="t") == b.config.replace(name="t", sliding_window=None, max_window_layers=0)
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    qkv = sa["model.layers.1.self_attn.qkv_proj.weight"]  # the checkpoint's q, k, v in their rows, in order
+    q, k, v = (sd[f"model.layers.1.self_attn.{p}_proj.weight"] for p in "qkv")
+    assert torch.equal(qkv, torch.cat([q, k, v])) and qkv.shape[0] == 64 + 2 * 32
+    prefix = "model.layers.0.mlp.experts.3." if c.is_moe else "model.layers.0.mlp."
+    gate_up = sa[prefix + "gate_up_proj.weight"]
+    assert torch.equal(gate_up, torch.cat([sd[prefix + "gate_proj.weight"], sd[prefix + "up_proj.weight"]]))
     # same weights; the kernels may round differently for differently aligned expert slices
     torch.testing.assert_close(logits(a), logits(b), rtol=1e-6, atol=1e-6)
     assert b.generation_config["temperature"] == 0.3
@@ -196,6 +202,15 @@ def test_missing_tensor(tmp_path):
     path = write_gguf(tmp_path / "m.gguf", TINY, random_weights(TINY), skip={"blk.1.ffn_up.weight"})
     with pytest.raises(ValueError, match=r"m\.gguf: missing tensors model\.layers\.1\.mlp\.up_proj\.weight"):
         load(path, progress=False)
+
+
+@pytest.mark.parametrize("quant", [None, "int8"])
+def test_missing_member_of_a_fused_linear(tmp_path, monkeypatch, quant):
+    """k_proj alone missing: its rows of qkv_proj would be garbage, so the load fails, quantized or not."""
+    monkeypatch.setenv("ZEN_CACHE", str(tmp_path / "cache"))
+    path = write_gguf(tmp_path / "m.gguf", TINY, random_weights(TINY), skip={"blk.0.attn_k.bias"})
+    with pytest.raises(ValueError, match=r"m\.gguf: missing tensors model\.layers\.0\.self_attn\.k_proj\.bias$"):
+        load(path, progress=False, quant=quant)
 
 
 def test_misshaped_tensor(tmp_path):

@@ -1,14 +1,16 @@
 """The zen transformer: RMSNorm, rotary embedding, GQA attention with q/k/v bias, SwiGLU, MoE.
 
 One readable file for every architecture in the family; MoE is a module choice inside the block.
-Parameter names follow HF (`model.layers.{i}.self_attn.q_proj.weight`) so checkpoints load as they
-are. `forward(tokens, positions, cache) -> logits`; `KVCache` is a simple contiguous cache for
-incremental decoding. Weight loading lives in weights/, scheduling in engine/.
+Names follow HF (`model.layers.{i}.self_attn.o_proj.weight`) except that q/k/v and gate/up are fused
+(`qkv_proj`, `gate_up_proj`: PackedLinear); `checkpoint_layout` maps each checkpoint name to the
+tensor and rows it fills here, and weights/ fills them. `forward(tokens, positions, cache) -> logits`
+with any `Cache`; `KVCache` is a simple contiguous one. Scheduling lives in engine/.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -111,11 +113,23 @@ class Rotary(nn.Module):
 
 
 # ---- KV cache ------------------------------------------------------------------------------------
-# A cache is anything with update(layer, positions, k, v) -> (keys, values, key_positions): it stores
-# this step's k, v [B, KV, T, D] and returns what the queries attend to, [B, KV, S, D] each, with the
-# position of every key [B, S]. Keys at a position above a query's are masked (padding: a huge position).
-# attend(layer, qkv [B, T, W], cos, sin [B, T, D], window) may instead run rope, the cache write and
-# attention itself and return [B, T, H * D], or return None.
+class Cache(Protocol):
+    """What Attention needs from a cache (KVCache here, the engine's PagedKVCache)."""
+
+    def update(self, layer: int, positions: torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Store this step's k, v [B, KV, T, D]; return what the queries attend to, keys and values
+        [B, KV, S, D] each, with the position of every key [B, S]. Keys at a position above a query's
+        are masked (padding: a huge position)."""
+        ...
+
+    def attend(self, layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               window: int | None) -> torch.Tensor | None:
+        """Run rope, the cache write and attention for qkv [B, T, (H + 2 KV) * D] with cos, sin
+        [B, T, D] and return [B, T, H * D]; or None, and Attention takes its own path via update."""
+        ...
+
+
 class KVCache:
     """Contiguous per-layer K/V buffers [B, KV, S, D]; the token at position p lives in slot p."""
 
@@ -125,7 +139,8 @@ class KVCache:
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(c.num_layers)]
         self.max_len = max_len
 
-    def update(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    def update(self, layer: int, positions: torch.Tensor, k: torch.Tensor,
+               v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         S = int(positions.max()) + 1
         if S > self.max_len:
             raise ValueError(f"position {S - 1} is past the cache length {self.max_len}")
@@ -135,33 +150,59 @@ class KVCache:
         key_pos = torch.arange(S, device=k.device).expand(k.shape[0], S)
         return self.k[layer][:, :, :S], self.v[layer][:, :, :S], key_pos
 
-    def attend(self, layer, qkv, cos, sin, window) -> torch.Tensor | None:
+    def attend(self, layer: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               window: int | None) -> torch.Tensor | None:
         return None  # no fused attention here: Attention takes its general path
 
 
 # ---- blocks --------------------------------------------------------------------------------------
+class PackedLinear(nn.Linear):
+    """Linears over the same input in one matmul: `shards` (member -> rows, in order) says which rows
+    of the weight (and bias) each checkpoint member fills."""
+
+    def __init__(self, in_features: int, shards: dict[str, int], bias: bool, device: torch.device | str | None = None):
+        super().__init__(in_features, sum(shards.values()), bias=bias, device=device)
+        self.shards = dict(shards)
+
+    def slices(self) -> dict[str, slice]:
+        out, start = {}, 0
+        for name, rows in self.shards.items():
+            out[name], start = slice(start, start + rows), start + rows
+        return out
+
+
+def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for gate_up = [gate, up] along the last dim."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+class SwiGLULinear(nn.Linear):
+    """An MLP's down projection, fed the gate_up projection's output: y = W silu(gate) * up.
+    (The quantized QLinear keeps this contract, making silu(gate) * up inside its kernel.)"""
+
+    def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
+        return F.linear(swiglu(gate_up), self.weight, self.bias)
+
+
 class Attention(nn.Module):
     def __init__(self, c: Config, layer: int):
         super().__init__()
         self.h, self.kv, self.d = c.num_heads, c.num_kv_heads, c.head_dim
         self.layer, self.window = layer, c.layer_window(layer)
-        self.q_proj = nn.Linear(c.hidden_size, self.h * self.d, bias=c.qkv_bias)
-        self.k_proj = nn.Linear(c.hidden_size, self.kv * self.d, bias=c.qkv_bias)
-        self.v_proj = nn.Linear(c.hidden_size, self.kv * self.d, bias=c.qkv_bias)
+        shards = {"q_proj": self.h * self.d, "k_proj": self.kv * self.d, "v_proj": self.kv * self.d}
+        self.qkv_proj = PackedLinear(c.hidden_size, shards, bias=c.qkv_bias)
         self.o_proj = nn.Linear(self.h * self.d, c.hidden_size, bias=False)
-        self.qkv_proj: nn.Module | None = None  # q, k, v in one matmul, once fused (quant/linear.py)
 
-    def forward(self, x, cos, sin, positions, cache: KVCache | None, docs: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                cache: Cache | None, docs: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
-        if self.qkv_proj is None:
-            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        else:
-            qkv = self.qkv_proj(x)  # [B, T, (H + 2 KV) * D]
-            if cache is not None and docs is None:  # a cache may run rope, its write and attention itself
-                out = cache.attend(self.layer, qkv, cos, sin, self.window)  # [B, T, H * D] or None
-                if out is not None:
-                    return self.o_proj(out)
-            q, k, v = qkv.split([self.h * self.d, self.kv * self.d, self.kv * self.d], dim=-1)
+        qkv = self.qkv_proj(x)  # [B, T, (H + 2 KV) * D]
+        if cache is not None and docs is None:  # a cache may run rope, its write and attention itself
+            out = cache.attend(self.layer, qkv, cos, sin, self.window)  # [B, T, H * D] or None
+            if out is not None:
+                return self.o_proj(out)
+        q, k, v = qkv.split([self.h * self.d, self.kv * self.d, self.kv * self.d], dim=-1)
         q = q.view(B, T, self.h, self.d).transpose(1, 2)  # [B, H, T, D]
         k = k.view(B, T, self.kv, self.d).transpose(1, 2)  # [B, KV, T, D]
         v = v.view(B, T, self.kv, self.d).transpose(1, 2)
@@ -186,22 +227,15 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """SwiGLU: gate and up in one matmul, the down projection takes both (SwiGLULinear or a QLinear)."""
+
     def __init__(self, hidden: int, inter: int):
         super().__init__()
-        self.gate_proj = nn.Linear(hidden, inter, bias=False)
-        self.up_proj = nn.Linear(hidden, inter, bias=False)
-        self.down_proj = nn.Linear(inter, hidden, bias=False)
-        self.gate_up_proj: nn.Module | None = None  # gate and up in one matmul, once fused
+        self.gate_up_proj = PackedLinear(hidden, {"gate_proj": inter, "up_proj": inter}, bias=False)
+        self.down_proj = SwiGLULinear(inter, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate_up_proj is None:
-            gate, up = self.gate_proj(x), self.up_proj(x)
-        else:
-            gate_up = self.gate_up_proj(x)
-            if hasattr(self.down_proj, "swiglu"):  # a quantized projection takes silu(gate) * up itself
-                return self.down_proj.swiglu(gate_up)
-            gate, up = gate_up.chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(self.gate_up_proj(x))  # [.., 2I] -> [.., C]
 
 
 class MoE(nn.Module):
@@ -242,7 +276,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps)
         self.mlp = MoE(c) if c.is_sparse_layer(layer) else MLP(c.hidden_size, c.intermediate_size)
 
-    def forward(self, x, cos, sin, positions, cache, docs: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                cache: Cache | None, docs: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, positions, cache, docs)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -282,7 +317,7 @@ class Transformer(nn.Module):
         if self.config.tie_word_embeddings and isinstance(self.lm_head, nn.Linear):  # not once quantized
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache=None,
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: Cache | None = None,
                 logit_index: torch.Tensor | None = None) -> torch.Tensor:
         """tokens, positions [B, T] -> logits [B, T, V]; with logit_index [B], only those positions: [B, V]."""
         x = self.model.embed_tokens(tokens)  # [B, T, C]
@@ -292,3 +327,27 @@ class Transformer(nn.Module):
         if logit_index is not None:
             x = x[torch.arange(x.shape[0], device=x.device), logit_index]  # [B, C]
         return self.lm_head(self.model.norm(x))
+
+
+def checkpoint_layout(model: nn.Module) -> dict[str, tuple[str, slice | None]]:
+    """Each checkpoint (HF) tensor name -> (the model's tensor it fills, its rows there; None: all of it).
+
+    A PackedLinear's weight and bias are filled by its members (`...self_attn.q_proj.weight` -> rows
+    0..H*D of `...self_attn.qkv_proj.weight`); every other tensor keeps its checkpoint name.
+    """
+    packed = {n: m.slices() for n, m in model.named_modules() if isinstance(m, PackedLinear)}
+    out: dict[str, tuple[str, slice | None]] = {}
+    for name in model.state_dict():
+        owner, _, leaf = name.rpartition(".")
+        if owner in packed:
+            parent = owner.rpartition(".")[0]
+            out |= {f"{parent}.{member}.{leaf}": (name, rows) for member, rows in packed[owner].items()}
+        else:
+            out[name] = (name, None)
+    return out
+
+
+def checkpoint_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's tensors under checkpoint (HF) names: fused ones as views of their shards."""
+    sd = model.state_dict()
+    return {k: sd[p] if rows is None else sd[p][rows] for k, (p, rows) in checkpoint_layout(model).items()}

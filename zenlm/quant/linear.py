@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from zenlm.model import SwiGLULinear
 from zenlm.quant.native import lib
 
 GROUP, TILE = 32, 16  # inputs per scale, rows per tile (kernels/linear.c)
@@ -65,9 +66,12 @@ def _quantize_torch(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
 
 class QLinear(nn.Module):
     """y = x @ W^T + bias with W quantized; QLinear(K, N, bits, bias) makes an empty one on meta
-    (to be filled by load_state_dict(assign=True)), QLinear.from_float quantizes a weight."""
+    (to be filled by load_state_dict(assign=True)), QLinear.from_float quantizes a weight.
+    With glu (an MLP's down projection, model.SwiGLULinear's contract) the input is [gate, up], 2K
+    wide, and the kernel multiplies by silu(gate) * up."""
 
-    def __init__(self, K: int, N: int, bits: int, bias: bool, device: torch.device | str = "meta"):
+    def __init__(self, K: int, N: int, bits: int, bias: bool, device: torch.device | str = "meta",
+                 glu: bool = False):
         super().__init__()
         assert bits in (4, 8) and K % GROUP == 0, f"need 4 or 8 bits and K % {GROUP} == 0, got {bits}, {K}"
         T = -(-N // TILE)
@@ -75,12 +79,12 @@ class QLinear(nn.Module):
         self.register_buffer("d", torch.empty(T, K // GROUP, TILE, dtype=torch.float16, device=device))
         self.register_buffer("m", torch.empty(T, K // GROUP, TILE, dtype=torch.float16, device=device))
         self.register_buffer("bias", torch.empty(N, device=device) if bias else None)
-        self.bits, self.in_features, self.out_features = bits, K, N
+        self.bits, self.in_features, self.out_features, self.glu = bits, K, N, glu
 
     @classmethod
-    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, bits: int) -> QLinear:
+    def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, bits: int, glu: bool = False) -> QLinear:
         N, K = weight.shape
-        q = cls(K, N, bits, bias is not None, device="cpu")
+        q = cls(K, N, bits, bias is not None, device="cpu", glu=glu)
         w = weight.detach().to(device="cpu", dtype=torch.float32).contiguous()
         native = lib()
         if native is None:
@@ -93,7 +97,8 @@ class QLinear(nn.Module):
 
     def spec(self) -> list:
         """What it takes to rebuild this module empty: [kind, K, N, bits, has_bias]."""
-        return ["linear", self.in_features, self.out_features, self.bits, self.bias is not None]
+        kind = "swiglu" if self.glu else "linear"
+        return [kind, self.in_features, self.out_features, self.bits, self.bias is not None]
 
     def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The float32 weight [N, K], or only the given rows [R, K]."""
@@ -112,7 +117,7 @@ class QLinear(nn.Module):
         return g.view(q.shape[0], K)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run(x, glu=False)
+        return self._run(x, glu=self.glu)
 
     def swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
         """self(silu(gate) * up) for gate_up = [gate, up] along the last dim (an MLP's down projection):
@@ -141,7 +146,8 @@ class QLinear(nn.Module):
         return y.view(*shape[:-1], N)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}"
+        glu = ", glu=True" if self.glu else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}{glu}"
 
 
 class QEmbedding(nn.Module):
@@ -162,19 +168,14 @@ def is_quantized(module: nn.Module) -> bool:
     return isinstance(module, (QLinear, QEmbedding))
 
 
-def quantize_linear(linear, mode: str) -> nn.Module:
-    """A quantized copy of anything with .weight [N, K] and .bias (an nn.Linear, or loose tensors);
-    a width the kernel cannot take stays a float nn.Linear."""
+def quantize_linear(linear: nn.Linear, mode: str) -> nn.Module:
+    """A quantized copy of a linear (a SwiGLULinear keeps its [gate, up] input); one whose width the
+    kernel cannot take is returned as it is, frozen."""
     if mode not in MODES:
         raise ValueError(f"unknown quantization {mode!r}; choose one of {', '.join(MODES)}")
-    N, K = linear.weight.shape
-    if K % GROUP:
-        out = nn.Linear(K, N, bias=linear.bias is not None, device="meta")
-        out.weight = nn.Parameter(linear.weight.detach(), requires_grad=False)
-        if linear.bias is not None:
-            out.bias = nn.Parameter(linear.bias.detach(), requires_grad=False)
-        return out
-    return QLinear.from_float(linear.weight, linear.bias, MODES[mode])
+    if linear.in_features % GROUP:
+        return linear.requires_grad_(False)
+    return QLinear.from_float(linear.weight, linear.bias, MODES[mode], glu=isinstance(linear, SwiGLULinear))
 
 
 def quantize_model(model: nn.Module, mode: str) -> nn.Module:

@@ -53,7 +53,7 @@ def estimate(c: Config, method: str = "full", seq_len: int = 512, batch: int = 1
 
     # Saved for backward, bytes per token per block (model.py under the loop's autocast):
     norms = 2 * 8 * h  # each RMSNorm keeps its fp32 input and normalised output
-    casts = cast * (3 + 2) * 2 * h  # bf16 copies of the normed input for q, k, v and gate, up
+    casts = cast * 2 * 2 * h  # bf16 copies of the normed input for the fused qkv_proj and gate_up_proj
     attn = 5 * q * a + 4 * kv * a  # q, k (+ rotated, + SDPA inputs), v, attention output, o_proj input
     mlp = 4 * inter * a  # gate, up, silu(gate), silu(gate) * up
     lora = 0 if method == "full" else sum(lora_rank * a for _ in range(7)) + 7 * h * a

@@ -1,6 +1,7 @@
 """LoRA and QLoRA by swapping linears in place: y = base(x) + (dropout(x) @ A.T @ B.T) * alpha / r.
 
-`apply_lora` wraps the chosen projections (q, k, v, o, gate, up, down) and freezes everything else;
+`apply_lora` wraps the linears holding the chosen projections (q, k, v, o, gate, up, down, by HF name;
+q/k/v and gate/up are shards of the model's fused linears, each with its own A/B) and freezes the rest;
 with `quantize="nf4"` (or "int4") the frozen base weight is stored in 4 bits (QLoRA) and dequantized
 per matmul. `merge_lora` folds adapters back into plain nn.Linear; adapters save and load alone
 (PEFT's tensor names and adapter_config.json). `adapters_disabled` gives the base model (DPO reference).
@@ -18,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from zenlm.model import PackedLinear, SwiGLULinear, swiglu
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # The 16 NF4 levels: quantiles of N(0, 1) scaled to [-1, 1] (Dettmers et al., QLoRA, appendix E).
@@ -98,36 +101,71 @@ class _Linear4bitFn(torch.autograd.Function):
 
 
 class LoRALinear(nn.Module):
-    """base(x) + scale * B(A(dropout(x))); A kaiming-uniform, B zero, so it starts as the base."""
+    """base(x) + scale * B(A(dropout(x))) for each targeted member; A kaiming-uniform, B zero, so it
+    starts as the base.
 
-    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float = 0.0):
+    `parts` are the base's checkpoint (HF) members and their rows, in order: a fused (packed) q/k/v
+    has three, a plain linear one, itself by its own name. Each targeted member (all when targets is
+    None) has its own pair, lora_A[member] [r, K] and lora_B[member] [rows, r], adding into its rows
+    only, as PEFT's adapter on that HF linear would. With glu (an MLP's down projection) the input is
+    [gate, up] and the base and the adapter both see silu(gate) * up.
+    """
+
+    def __init__(self, base: nn.Module, rank: int, alpha: float, dropout: float, parts: dict[str, int],
+                 targets: tuple[str, ...] | None = None, glu: bool = False, packed: bool = False):
         super().__init__()
         self.base = base
         self.in_features, self.out_features = base.in_features, base.out_features
+        self.parts = dict(parts)
+        assert sum(self.parts.values()) == self.out_features, f"parts {self.parts} do not cover {self.out_features}"
         dev = base.packed.device if isinstance(base, Linear4bit) else base.weight.device
-        self.lora_A = nn.Parameter(torch.empty(rank, self.in_features, device=dev))  # [r, K]
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, rank, device=dev))  # [N, r]
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.scale, self.rank = alpha / rank, rank
+        chosen = [m for m in self.parts if targets is None or m in targets]
+        self.lora_A = nn.ParameterDict({m: nn.Parameter(torch.empty(rank, self.in_features, device=dev))
+                                        for m in chosen})
+        self.lora_B = nn.ParameterDict({m: nn.Parameter(torch.zeros(self.parts[m], rank, device=dev))
+                                        for m in chosen})
+        for A in self.lora_A.values():
+            nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+        self.scale, self.rank, self.glu, self.packed = alpha / rank, rank, glu, packed
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.enabled = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.glu:
+            x = swiglu(x)
         y = self.base(x)
         if not self.enabled:
             return y
-        return y + F.linear(F.linear(self.dropout(x), self.lora_A), self.lora_B) * self.scale
+        h = self.dropout(x)
+        pieces = [F.linear(F.linear(h, self.lora_A[m]), self.lora_B[m]) if m in self.lora_A
+                  else y.new_zeros(*y.shape[:-1], rows) for m, rows in self.parts.items()]
+        return y + torch.cat(pieces, dim=-1) * self.scale
+
+    def delta(self) -> torch.Tensor:
+        """scale * B @ A of every member in its rows: the float32 change to the base weight [N, K]."""
+        dev = self.base.packed.device if isinstance(self.base, Linear4bit) else self.base.weight.device
+        return torch.cat([self.lora_B[m].float() @ self.lora_A[m].float() * self.scale if m in self.lora_A
+                          else torch.zeros(rows, self.in_features, device=dev) for m, rows in self.parts.items()])
 
     def merged(self) -> nn.Linear:
-        """A plain nn.Linear computing base + adapter (the base dequantized if it was 4-bit)."""
+        """The model's own linear (plain, fused or SwiGLU) computing base + adapter (a 4-bit base dequantized)."""
         w = self.base.dequantize() if isinstance(self.base, Linear4bit) else self.base.weight.detach().float()
-        out = nn.Linear(self.in_features, self.out_features, bias=self.base.bias is not None, device=w.device)
+        bias = self.base.bias is not None
+        if self.packed:
+            out = PackedLinear(self.in_features, self.parts, bias=bias, device=w.device)
+        else:
+            out = (SwiGLULinear if self.glu else nn.Linear)(self.in_features, self.out_features, bias, device=w.device)
         dtype = torch.float32 if isinstance(self.base, Linear4bit) else self.base.weight.dtype
         with torch.no_grad():
-            out.weight.copy_(w + (self.lora_B.float() @ self.lora_A.float()) * self.scale)
-            if self.base.bias is not None:
+            out.weight.copy_(w + self.delta())
+            if bias:
                 out.bias.copy_(self.base.bias)
         return out.to(dtype)
+
+    def adapters(self, name: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """HF module name -> (A, B) for each targeted member, `name` being this module's own."""
+        parent = name.rpartition(".")[0]
+        return {(f"{parent}.{m}" if self.packed else name): (self.lora_A[m], self.lora_B[m]) for m in self.lora_A}
 
 
 def _lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
@@ -135,26 +173,36 @@ def _lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
-    """Freeze the model and swap each target linear for a LoRALinear, in place; returns the model."""
+    """Freeze the model and wrap each linear holding a target (by HF name: q_proj is a shard of the fused
+    qkv_proj) in a LoRALinear, in place; returns the model."""
     model.requires_grad_(False)
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.rpartition(".")[2] in cfg.targets]
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not isinstance(m, LoRALinear)
+             and (set(m.shards) & set(cfg.targets) if isinstance(m, PackedLinear)
+                  else n.rpartition(".")[2] in cfg.targets)]
     if not names:
         raise ValueError(f"no linear named {', '.join(cfg.targets)} in the model")
     for name in names:  # by name, so each fp32 weight is freed as soon as its 4-bit copy replaces it
-        parent, _, leaf = name.rpartition(".")
         lin = model.get_submodule(name)
+        packed, glu = isinstance(lin, PackedLinear), isinstance(lin, SwiGLULinear)
+        parts = lin.shards if packed else {name.rpartition(".")[2]: lin.out_features}
         block = 64 if lin.in_features % 64 == 0 else 32  # 32 for widths like zen-tiny's 96
-        base = Linear4bit(lin, cfg.quantize, block) if cfg.quantize else lin
-        setattr(model.get_submodule(parent), leaf, LoRALinear(base, cfg.rank, cfg.alpha, cfg.dropout))
+        if cfg.quantize:
+            base = Linear4bit(lin, cfg.quantize, block)
+        elif glu:  # the same parameters as a plain linear, fed silu(gate) * up by the LoRALinear
+            base = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None, device="meta")
+            base.weight, base.bias = lin.weight, lin.bias
+        else:
+            base = lin
+        model.set_submodule(name, LoRALinear(base, cfg.rank, cfg.alpha, cfg.dropout, parts,
+                                             cfg.targets if packed else None, glu, packed))
         del lin, base
     return model
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Replace every LoRALinear by its merged nn.Linear, in place; returns the model."""
+    """Replace every LoRALinear by its merged linear, in place; returns the model."""
     for name, m in _lora_modules(model).items():
-        parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent), leaf, m.merged().requires_grad_(False))
+        model.set_submodule(name, m.merged().requires_grad_(False))
     return model
 
 
@@ -176,18 +224,24 @@ def has_lora(model: nn.Module) -> bool:
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Adapter tensors only, under PEFT's names (base_model.model.<module>.lora_A.weight)."""
+    """Adapter tensors only, under PEFT's names for the HF modules (base_model.model.<module>.lora_A.weight)."""
     out = {}
     for name, m in _lora_modules(model).items():
-        out[f"base_model.model.{name}.lora_A.weight"] = m.lora_A.detach().contiguous()
-        out[f"base_model.model.{name}.lora_B.weight"] = m.lora_B.detach().contiguous()
+        for hf, (A, B) in m.adapters(name).items():
+            out[f"base_model.model.{hf}.lora_A.weight"] = A.detach().contiguous()
+            out[f"base_model.model.{hf}.lora_B.weight"] = B.detach().contiguous()
     return out
 
 
 def adapter_tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The adapter tensors of a full model state dict (`X.lora_A`, as gathered from FSDP) under PEFT's names."""
-    return {f"base_model.model.{k.removesuffix(suffix)}.{suffix[1:]}.weight": v.detach().contiguous()
-            for k, v in state_dict.items() for suffix in (".lora_A", ".lora_B") if k.endswith(suffix)}
+    out = {}
+    for k, v in state_dict.items():
+        module, _, rest = k.rpartition(".lora_")  # <module>.lora_A.<member>: the member is an HF linear's name
+        if module and rest[:2] in ("A.", "B."):
+            out[f"base_model.model.{module.rpartition('.')[0]}.{rest[2:]}.lora_{rest[0]}.weight"] = \
+                v.detach().contiguous()
+    return out
 
 
 def save_adapter(model: nn.Module | None, directory: str | Path, cfg: LoRAConfig,
@@ -215,11 +269,13 @@ def load_adapter(model: nn.Module, directory: str | Path) -> LoRAConfig:
     if not has_lora(model):
         apply_lora(model, cfg)
     tensors = load_file(str(path / "adapter_model.safetensors"))
-    mods = _lora_modules(model)
-    if len(tensors) != 2 * len(mods):
-        raise ValueError(f"{path}: adapter has {len(tensors)} tensors, the model {2 * len(mods)} LoRA tensors")
+    pairs = {hf: ab for name, m in _lora_modules(model).items() for hf, ab in m.adapters(name).items()}
+    if len(tensors) != 2 * len(pairs):
+        raise ValueError(f"{path}: adapter has {len(tensors)} tensors, the model {2 * len(pairs)} LoRA tensors")
     with torch.no_grad():
-        for name, m in mods.items():
-            m.lora_A.copy_(tensors[f"base_model.model.{name}.lora_A.weight"])
-            m.lora_B.copy_(tensors[f"base_model.model.{name}.lora_B.weight"])
+        for hf, (A, B) in pairs.items():
+            for key, p in ((f"base_model.model.{hf}.lora_A.weight", A), (f"base_model.model.{hf}.lora_B.weight", B)):
+                if key not in tensors:
+                    raise ValueError(f"{path}: adapter has no tensor {key}")
+                p.copy_(tensors[key])
     return cfg

@@ -11,15 +11,14 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from zenlm.config import Config
-from zenlm.model import RMSNorm, Transformer
-from zenlm.quant.linear import QEmbedding, QLinear, is_quantized, quantize_linear
+from zenlm.model import RMSNorm, Transformer, checkpoint_layout, checkpoint_state_dict
+from zenlm.quant.linear import QEmbedding, QLinear, quantize_linear
 from zenlm.quant.norm import NativeRMSNorm
 from zenlm.tokenizer import Tokenizer
 from zenlm.weights.gguf import GGUFCheckpoint
@@ -93,29 +92,30 @@ def _prequantized_path(src: Path, quant: str, dtype: torch.dtype) -> Path:
     return cache_dir() / "quantized" / f"{src.stem}-{quant}-{h.hexdigest()[:16]}.safetensors"
 
 
-# Linears quantized together as one matmul when loading with quant: member -> fused attribute.
-FUSED = {"q_proj": "qkv_proj", "k_proj": "qkv_proj", "v_proj": "qkv_proj",
-         "gate_proj": "gate_up_proj", "up_proj": "gate_up_proj"}
-MEMBERS = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 UNQUANTIZED = {"gate", "shared_expert_gate"}  # MoE routers stay in float
 
 
 def build(config: Config, tensors: Iterator[tuple[str, torch.Tensor]], path: Path,
           dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
           quant: str | None = None) -> Transformer:
-    """Build a Transformer on meta and assign the given HF-named tensors into it (strictly).
+    """Build a Transformer on meta and fill it from checkpoint-named (HF) tensors, strictly.
 
-    With quant, each linear (or fused group: q/k/v, gate/up) is quantized as soon as its tensors
-    have all arrived, so the float weights of the whole model never sit in memory at once.
+    Each tensor goes where the model's checkpoint_layout says: a fused linear's members (q/k/v,
+    gate/up) are copied into their rows of it. With quant, each linear is quantized as soon as all of
+    its tensors have arrived, so the float weights of the whole model never sit in memory at once.
     """
     with torch.device("meta"):
         model = Transformer(config)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    linears = {n: m for n, m in model.named_modules()
-               if quant and isinstance(m, nn.Linear) and n.rpartition(".")[2] not in UNQUANTIZED}
-    groups: dict[str, dict[str, torch.Tensor]] = {}  # quantization unit -> {member.leaf: tensor}
+    layout = checkpoint_layout(model)
+    expected = {k: v.shape for k, v in checkpoint_state_dict(model).items()}
+    quantized = {n for n, m in model.named_modules()
+                 if quant and isinstance(m, nn.Linear) and n.rpartition(".")[2] not in UNQUANTIZED}
+    need: dict[str, set[str]] = {}  # a linear to quantize -> checkpoint names still to arrive
+    for name, (target, _) in layout.items():
+        if target.rpartition(".")[0] in quantized:
+            need.setdefault(target.rpartition(".")[0], set()).add(name)
     sd: dict[str, torch.Tensor] = {}
-    installed: set[str] = set()  # linears (or fused groups) built by _install
+    received: set[str] = set()
     for name, t in tensors:
         if name not in expected:
             raise ValueError(f"{path}: unexpected tensor {name!r} for this {config.arch} config")
@@ -124,35 +124,30 @@ def build(config: Config, tensors: Iterator[tuple[str, torch.Tensor]], path: Pat
                 raise ValueError(f"{path}: tensor {name} has shape {tuple(t.shape)}, "
                                  f"expected {tuple(expected[name])}")
             t = t.reshape(expected[name])
-        owner, _, leaf = name.rpartition(".")
-        if owner not in linears:
-            sd[name] = t.to(device=device, dtype=dtype)
-            continue
-        parent, _, child = owner.rpartition(".")
-        unit = f"{parent}.{FUSED[child]}" if child in FUSED else owner
-        got = groups.setdefault(unit, {})
-        got[f"{child}.{leaf}"] = t
-        members = MEMBERS[FUSED[child]] if child in FUSED else (child,)
-        owners = [f"{parent}.{m}" for m in members] if child in FUSED else [owner]
-        if len(got) == sum(1 if linears[o].bias is None else 2 for o in owners):
-            _install(model, unit, members, got, quant, device)
-            installed.add(unit)
-            del groups[unit]
+        received.add(name)
+        target, rows = layout[name]
+        owner = target.rpartition(".")[0]
+        if owner in need:  # kept as it came until its linear is whole
+            _fill(sd, target, rows, t, model, t.dtype, "cpu")
+            need[owner].discard(name)
+            if not need[owner]:
+                _install(model, owner, sd, quant, dtype, device)
+                del need[owner]
+        else:
+            _fill(sd, target, rows, t, model, dtype, device)
     if config.tie_word_embeddings and "model.embed_tokens.weight" in sd:
-        if "lm_head" in linears:  # quantize the head from the embedding it is tied to
-            installed.add("lm_head")
-            _install(model, "lm_head", ("lm_head",), {"lm_head.weight": sd["model.embed_tokens.weight"]},
-                     quant, device)
-        elif "lm_head.weight" not in sd:
+        if "lm_head" in need:  # quantize the head from the embedding it is tied to
             sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+            received.add("lm_head.weight")
+            _install(model, "lm_head", sd, quant, dtype, device)
+            del need["lm_head"]
+        elif "lm_head.weight" not in received:
+            sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
+            received.add("lm_head.weight")
     emb = sd.get("model.embed_tokens.weight")
     if quant and emb is not None and emb.shape[1] % 32 == 0:  # the table too: a lookup dequantizes its rows
         model.model.embed_tokens = QEmbedding(QLinear.from_float(sd.pop("model.embed_tokens.weight"), None, 8), dtype)
-    done = installed | {n for n, m in model.named_modules() if is_quantized(m)}  # (a width the kernel
-    # cannot take is installed as a float linear)
-    fused_away = {f"{u.rpartition('.')[0]}.{m}" for u in done if u.rpartition(".")[2] in MEMBERS
-                  for m in MEMBERS[u.rpartition(".")[2]]}
-    missing = sorted(k for k in set(expected) - set(sd) if k.rpartition(".")[0] not in done | fused_away)
+    missing = [k for k in layout if k not in received]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise ValueError(f"{path}: missing tensors {', '.join(missing[:3])}{more}")
@@ -161,14 +156,26 @@ def build(config: Config, tensors: Iterator[tuple[str, torch.Tensor]], path: Pat
     return model.eval().requires_grad_(False)
 
 
-def _install(model: Transformer, unit: str, members: tuple[str, ...], got: dict, quant: str, device) -> None:
-    """Quantize one linear (or the concatenation of a fused group's members) into the model."""
-    parent = unit.rpartition(".")[0]
-    weight = torch.cat([got[f"{m}.weight"] for m in members]) if len(members) > 1 else got[f"{members[0]}.weight"]
-    biases = [got.get(f"{m}.bias") for m in members]
-    bias = None if biases[0] is None else torch.cat(biases)
-    owner = model.get_submodule(parent)
-    setattr(owner, unit.rpartition(".")[2], quantize_linear(SimpleNamespace(weight=weight, bias=bias), quant).to(device))
-    if len(members) > 1:
-        for m in members:
-            delattr(owner, m)
+def _fill(sd: dict[str, torch.Tensor], target: str, rows: slice | None, t: torch.Tensor, model: Transformer,
+          dtype: torch.dtype, device: str | torch.device) -> None:
+    """Put one checkpoint tensor into the state dict: as it is, or copied into its rows of a fused tensor."""
+    if rows is None:
+        sd[target] = t.to(device=device, dtype=dtype)
+        return
+    if target not in sd:
+        shape = model.get_parameter(target).shape
+        sd[target] = torch.empty(shape, dtype=dtype, device=device)
+    sd[target][rows] = t
+
+
+def _install(model: Transformer, owner: str, sd: dict[str, torch.Tensor], quant: str, dtype: torch.dtype,
+             device: str | torch.device) -> None:
+    """Quantize one whole linear (its float tensors taken out of sd) in place of its meta module."""
+    linear = model.get_submodule(owner)
+    linear.weight = nn.Parameter(sd.pop(f"{owner}.weight"), requires_grad=False)
+    if linear.bias is not None:
+        linear.bias = nn.Parameter(sd.pop(f"{owner}.bias"), requires_grad=False)
+    q = quantize_linear(linear, quant)
+    if q is linear:  # a width the kernel cannot take: it stays in float, in the model's dtype
+        q.to(dtype=dtype)
+    model.set_submodule(owner, q.to(device))

@@ -1,8 +1,8 @@
 """A quantized model written once to the cache and loaded from it after: no re-quantizing at start-up.
 
-The file is safetensors: the model's state dict plus, in its metadata, what is not a plain
-Transformer (each quantized module's spec, the float linears fused away) and which entries alias
-another (tied weights), so `restore` can rebuild the same modules on meta and assign the tensors.
+The file is safetensors: the model's state dict (the model's own names: fused q/k/v and gate/up) plus,
+in its metadata, what is not a plain Transformer (each quantized module's spec) and which entries
+alias another (tied weights), so `restore` can rebuild the same modules on meta and assign the tensors.
 The cache key (load.py) names the source file, its size and mtime, the mode and the code version.
 """
 
@@ -23,20 +23,14 @@ from zenlm.quant.linear import QEmbedding, QLinear, is_quantized
 
 
 def save(model: Transformer, path: Path) -> None:
-    with torch.device("meta"):
-        fresh = dict(Transformer(model.config).named_modules())
     specs = {n: m.spec() for n, m in model.named_modules() if is_quantized(m)}
-    specs |= {n: ["float", m.in_features, m.out_features, 0, m.bias is not None]  # fused, kept in float
-              for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n not in fresh}
-    have = dict(model.named_modules())
-    removed = [n for n in fresh if n and n not in have and n.rpartition(".")[0] in have]
     sd, aliases, seen = {}, {}, {}
     for k, v in model.state_dict().items():
         if v.data_ptr() in seen:
             aliases[k] = seen[v.data_ptr()]
         else:
             seen[v.data_ptr()], sd[k] = k, v.contiguous()
-    meta = {"specs": json.dumps(specs), "removed": json.dumps(removed), "aliases": json.dumps(aliases)}
+    meta = {"specs": json.dumps(specs), "aliases": json.dumps(aliases)}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
@@ -46,10 +40,8 @@ def save(model: Transformer, path: Path) -> None:
 
 def _module(spec: list) -> torch.nn.Module:
     kind, K, N, bits, extra = spec
-    if kind == "float":
-        return torch.nn.Linear(K, N, bias=extra, device="meta")
-    if kind == "linear":
-        return QLinear(K, N, bits, bias=extra)
+    if kind in ("linear", "swiglu"):
+        return QLinear(K, N, bits, bias=extra, glu=kind == "swiglu")
     return QEmbedding(QLinear(K, N, bits, bias=False), getattr(torch, extra.removeprefix("torch.")))
 
 
@@ -61,11 +53,7 @@ def restore(config: Config, path: Path, device: str | torch.device = "cpu") -> T
         sd[k] = sd[target]
     with torch.device("meta"):
         model = Transformer(config)
-    for name in json.loads(meta["removed"]):
-        parent, _, leaf = name.rpartition(".")
-        delattr(model.get_submodule(parent), leaf)
     for name, spec in json.loads(meta["specs"]).items():
-        parent, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(parent), leaf, _module(spec))  # also where a plain None attribute was
+        model.set_submodule(name, _module(spec))
     model.load_state_dict(sd, assign=True, strict=True)
     return model.eval().requires_grad_(False)
