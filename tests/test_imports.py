@@ -9,10 +9,11 @@ ALLOWED = {
     "zenlm.config": set(),
     "zenlm.tokenizer": set(),
     "zenlm.model": {"zenlm.config"},
-    "zenlm.weights": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.quant", "zenlm.cache"},  # quantize on load
-    "zenlm.quant": {"zenlm.config", "zenlm.model", "zenlm.cache"},
+    "zenlm.weights": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.quant", "zenlm.kernels", "zenlm.cache"},
+    "zenlm.quant": {"zenlm.config", "zenlm.model", "zenlm.kernels", "zenlm.cache"},
+    "zenlm.kernels": {"zenlm.cache"},
     # weights: llm.py only; quant: the C decode-attention kernel the paged cache calls
-    "zenlm.engine": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights", "zenlm.quant"},
+    "zenlm.engine": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights", "zenlm.kernels"},
     "zenlm.server": {"zenlm.engine", "zenlm.tokenizer"},  # HTTP over the engine, nothing below it
     "zenlm.train": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights"},  # never the engine
 }

@@ -12,7 +12,7 @@ from torch import nn
 
 import zenlm.quant.linear
 from zenlm.quant.linear import QLinear, _quantize_torch, quantize_model
-from zenlm.quant.native import _cpu_id, build, lib
+from zenlm.kernels.loader import _cpu_id, build, lib
 
 
 def _marches() -> list[str]:

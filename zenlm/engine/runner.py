@@ -12,7 +12,7 @@ import torch
 from zenlm.config import Config
 from zenlm.engine.scheduler import Batch
 from zenlm.model import Transformer
-from zenlm.quant.native import lib
+from zenlm.kernels.loader import lib
 
 FAR = 1 << 30  # the position given to padding keys: above every query, so always masked
 

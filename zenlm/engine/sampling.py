@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from zenlm.quant.native import lib
+from zenlm.kernels.loader import lib
 
 # What a None field means when neither the request nor the model's generation_config sets it.
 NEUTRAL = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zenlm.quant.native import lib
+from zenlm.kernels.loader import lib
 
 GROUP, TILE = 32, 16  # inputs per scale, rows per tile (kernels/linear.c)
 MODES = {"int4": 4, "int8": 8}

@@ -20,7 +20,7 @@ from tqdm import tqdm
 from zenlm.config import Config
 from zenlm.model import RMSNorm, Transformer
 from zenlm.quant.linear import QEmbedding, QLinear, is_quantized, quantize_linear
-from zenlm.quant.norm import NativeRMSNorm
+from zenlm.kernels.norm import NativeRMSNorm
 from zenlm.tokenizer import Tokenizer
 from zenlm.weights.gguf import GGUFCheckpoint
 from zenlm.weights import prequantized
@@ -86,7 +86,8 @@ def _prequantized_path(src: Path, quant: str, dtype: torch.dtype) -> Path:
     mode and the source code of everything that decides the quantized tensors."""
     import hashlib
 
-    from zenlm.quant import linear, native
+    from zenlm.kernels import loader as native
+    from zenlm.quant import linear
 
     files = sorted(src.glob("*.safetensors")) if src.is_dir() else [src]
     h = hashlib.sha256(f"{src.resolve()}|{quant}|{dtype}".encode())

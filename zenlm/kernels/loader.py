@@ -21,7 +21,7 @@ from pathlib import Path
 
 from zenlm.cache import cache_dir
 
-KERNELS = Path(__file__).with_name("kernels")
+KERNELS = Path(__file__).with_name("csrc")
 SOURCES = sorted(KERNELS.glob("*.c"))
 QUANTIZER = [KERNELS / "common.h", KERNELS / "linear.c"]  # what decides a quantized weight's bytes
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-shared", "-fPIC", "-std=c11"]

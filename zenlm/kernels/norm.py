@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zenlm.quant.native import lib
+from zenlm.kernels.loader import lib
 
 
 class NativeRMSNorm(nn.Module):
