@@ -119,7 +119,10 @@ def test_attention_kernel_equals_sdpa(kernels, bs, B, T, contexts):
             ang = torch.rand(B, T, D // 2) * 3
             cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
             q, k, v = qkv.split([H * D, KV * D, KV * D], -1)
-            rot = lambda x: x * cos[..., None, :] + torch.cat([-x[..., D // 2:], x[..., :D // 2]], -1) * sin[..., None, :]
+
+            def rot(x):  # rotate-half rope with this step's cos, sin
+                return x * cos[..., None, :] + torch.cat([-x[..., D // 2:], x[..., :D // 2]], -1) * sin[..., None, :]
+
             q, k, v = rot(q.view(B, T, H, D)), rot(k.view(B, T, KV, D)), v.view(B, T, KV, D)
             want, kc2, vc2 = torch.empty(B, T, H * D), kc.clone(), vc.clone()
             for b in range(B):
@@ -238,3 +241,25 @@ def test_int4_greedy_output_is_the_same_alone_or_batched(default_llm):
     ref = [c.token_ids for c in default_llm.generate(ids, greedy)]
     same = sum(a == r for x, y in zip(alone, ref) for a, r in zip(x, y)) / sum(len(r) for r in ref)
     print(f"int4 greedy tokens equal to fp32's: {same:.1%}")
+
+
+def test_a_models_cached_copy_survives_another_model_with_the_same_file_name(tmp_path, monkeypatch):
+    """Quantized copies are named per source path: re-quantizing a/model.gguf drops a/model.gguf's older
+    copy, never b/model.gguf's."""
+    from zenlm.weights.load import _prequantized_path, _stale_copies
+
+    monkeypatch.setenv("ZEN_CACHE", str(tmp_path / "cache"))
+    a, b = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
+    for f in (a, b):
+        f.parent.mkdir()
+        f.write_bytes(b"weights")
+    old_a, copy_b = _prequantized_path(a, "int4", torch.float32), _prequantized_path(b, "int4", torch.float32)
+    assert old_a != copy_b and old_a.name.startswith("model-int4-") and copy_b.name.startswith("model-int4-")
+    other_dtype = _prequantized_path(a, "int4", torch.bfloat16)
+    a.write_bytes(b"weights, edited")  # a new file: a new copy of a, the old one is stale
+    new_a = _prequantized_path(a, "int4", torch.float32)
+    assert new_a != old_a
+    old_a.parent.mkdir(parents=True)
+    for f in (old_a, copy_b, other_dtype, new_a):
+        f.write_bytes(b"")
+    assert _stale_copies(new_a) == [old_a]

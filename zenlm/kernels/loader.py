@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -102,15 +103,20 @@ def compile_to(cc: str, flags: list[str], target: Path, timeout: float) -> None:
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
             out = Path(tmp) / target.name
             cmd = [cc, *flags, *map(str, SOURCES), "-o", str(out), "-lm"]
-            try:
-                r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                raise BuildError(f"the C compiler {cc} took longer than {timeout:g} s on the kernels "
-                                 "(ZEN_CC_TIMEOUT sets the limit)") from None
+            try:  # its own process group: a timeout ends the compiler's children (cc1, as) too
+                proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        start_new_session=True)
             except OSError as e:
                 raise BuildError(f"the C compiler {cc} could not run: {e}") from None
-            if r.returncode != 0:
-                errors = [ln for ln in r.stderr.splitlines() if "error" in ln] or r.stderr.strip().splitlines()
+            try:
+                _, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                raise BuildError(f"the C compiler {cc} took longer than {timeout:g} s on the kernels "
+                                 "(ZEN_CC_TIMEOUT sets the limit)") from None
+            if proc.returncode != 0:
+                errors = [ln for ln in stderr.splitlines() if "error" in ln] or stderr.strip().splitlines()
                 raise BuildError(f"the C kernels did not build with {cc}: {errors[0] if errors else 'compiler failed'}")
             os.replace(out, target)  # atomic: a reader never sees a half-written file
 
