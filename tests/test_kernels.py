@@ -119,12 +119,19 @@ def test_wrappers_compute_what_torch_does(q):
 
 
 def test_the_c_kernel_itself_refuses_a_row_past_the_table(q):
-    """The C side checks too: zen_dequant_rows returns ZEN_ERANGE and writes nothing."""
+    """The C side checks too: zen_dequant_rows and zen_attention return ZEN_ERANGE and write nothing."""
     dll = loader.build("native")
     rows, out = torch.tensor([1, 40]), torch.full((2, 64), 7.0)
     rc = dll.zen_dequant_rows(q.qs.data_ptr(), q.d.data_ptr(), q.m.data_ptr(), 4, 64, 40, rows.data_ptr(), 2,
                               out.data_ptr())
     assert rc == 2 and bool((out == 7).all())
+    a = _attention_args(dtype=torch.float32)
+    a["tables"][1, 1] = 5  # the cache has blocks 0..4
+    before = a["k_cache"].clone()
+    rc = dll.zen_attention(a["qkv"].data_ptr(), 2, 1, 4, 2, 32, a["cos"].data_ptr(), a["sin"].data_ptr(),
+                           a["k_cache"].data_ptr(), a["v_cache"].data_ptr(), 0, 16, 5, a["tables"].data_ptr(), 2,
+                           a["ctx"].data_ptr(), 0, 0.1, torch.empty(2, 1, 128).data_ptr())
+    assert rc == 2 and torch.equal(a["k_cache"], before)
 
 
 def test_an_out_of_vocabulary_token_is_a_value_error_and_the_process_lives():

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+import zenlm.kernels
 import zenlm.kernels.ops
 from zenlm.kernels.loader import _cpu_id, build
 from zenlm.quant.linear import QLinear, _quantize_torch, quantize_model
@@ -139,10 +140,7 @@ def test_attention_kernel_equals_sdpa(kernels, bs, B, T, contexts):
                     o = torch.nn.functional.scaled_dot_product_attention(
                         q[b, t][None, :, None], keys[None, :, start:p], vals[None, :, start:p], enable_gqa=True)
                     want[b, t] = o.reshape(H * D)
-            out = torch.empty(B, T, H * D)
-            kernels.zen_attention(qkv.data_ptr(), B, T, H, KV, D, cos.data_ptr(), sin.data_ptr(), kc.data_ptr(),
-                                vc.data_ptr(), kv_dtype == torch.bfloat16, bs, tables.data_ptr(), nb,
-                                ctx.data_ptr(), window, D ** -0.5, out.data_ptr())
+            out = zenlm.kernels.attention(qkv, cos, sin, kc, vc, tables, ctx, (H, KV, D), bs, window, D ** -0.5)
             # a bfloat16 cache on AVX512-BF16 (bs 16): q and the probabilities are rounded to bfloat16 too
             bf16_math = kv_dtype == torch.bfloat16 and bs == 16 and b"bf16" in kernels.zen_isa()
             tol = 2e-2 if bf16_math else 1e-4

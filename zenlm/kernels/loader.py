@@ -39,7 +39,7 @@ SIGNATURES = {
     "zen_linear": ([P, N, N, N, N, P, P, P, N, N, P, P, N], N),
     "zen_quantize": ([P, N, N, N, P, P, P], None),
     "zen_dequant_rows": ([P, P, P, N, N, N, P, N, P], N),
-    "zen_attention": ([P, N, N, N, N, N, P, P, P, P, N, N, P, N, P, N, F, P], N),
+    "zen_attention": ([P, N, N, N, N, N, P, P, P, P, N, N, N, P, N, P, N, F, P], N),
     "zen_rmsnorm": ([P, P, F, N, N, P], None),
     "zen_argmax": ([P, N, N, P], None),
 }

@@ -271,12 +271,18 @@ static int attend_any(const float *q, int per, int D, const void *kc, const void
 }
 
 /* Rope on the new tokens' q and k, their k and v written to the paged cache, and each query's attention
- * over its row's context (its last `window` keys when window > 0). ZEN_ENOMEM when a thread's scratch
- * memory cannot be allocated (the output is then incomplete). */
+ * over its row's context (its last `window` keys when window > 0). ZEN_ERANGE, before anything is read
+ * or written, when a block id is not in [0, blocks) or a context length not in [T, nb * bs];
+ * ZEN_ENOMEM when a thread's scratch memory cannot be allocated (the output is then incomplete). */
 int zen_attention(float *qkv, int B, int T, int H, int KV, int D, const float *cos, const float *sin,
-                  void *kc, void *vc, int kv_bf16, int bs, const int64_t *tables, int nb, const int64_t *ctx,
-                  int window, float scale, float *out) {
+                  void *kc, void *vc, int kv_bf16, int bs, int blocks, const int64_t *tables, int nb,
+                  const int64_t *ctx, int window, float scale, float *out) {
     const int W = (H + 2 * KV) * D, per = H / KV, P = kv_bf16 ? 2 : 1;
+    for (int b = 0; b < B; b++) {
+        if (ctx[b] < T || ctx[b] > (int64_t)nb * bs) return ZEN_ERANGE;
+        for (int c = 0; c < nb; c++)
+            if (tables[(size_t)b * nb + c] < 0 || tables[(size_t)b * nb + c] >= blocks) return ZEN_ERANGE;
+    }
     for (int b = 0; b < B; b++) /* rotate and store the new tokens' k, v */
         for (int t = 0; t < T; t++) {
             const size_t r = (size_t)b * T + t;
