@@ -56,6 +56,25 @@ def test_linear_rejects_bad_input(q):
         kernels.linear(good, q.qs, q.d, q.m, 4, 48, 40)
 
 
+def test_a_weight_changed_after_its_first_check_is_checked_again(q):
+    """Weights and caches are checked once and remembered (by identity and data pointers): a new tensor,
+    a .data swap or other sizes are checked again."""
+    x, qs = torch.randn(2, 64), q.qs.clone()
+    assert kernels.linear(x, qs, q.d, q.m, 4, 64, 40).shape == (2, 40)  # checked, remembered
+    with pytest.raises(ValueError, match="d must be torch.float16"):
+        kernels.linear(x, qs, q.d.float(), q.m, 4, 64, 40)
+    with pytest.raises(ValueError, match="qs must have shape \\[4, 512\\]"):
+        kernels.linear(x, qs, q.d, q.m, 4, 64, 56)
+    qs.data = torch.zeros(1, 512, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="qs must have shape \\[3, 512\\], got \\[1, 512\\]"):
+        kernels.linear(x, qs, q.d, q.m, 4, 64, 40)
+    a = _attention_args()
+    kernels.attention(**a)
+    a["v_cache"].data = torch.zeros(4, 2, 8, 32, 2, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="v_cache must have shape \\[5, 2, 8, 32, 2\\]"):
+        kernels.attention(**a)
+
+
 def test_quantize_dequant_rows_rmsnorm_and_argmax_reject_bad_input(q):
     with pytest.raises(ValueError, match="zen_quantize: w must be torch.float32"):
         kernels.quantize(torch.randn(16, 64, dtype=torch.float64), 4)

@@ -1,7 +1,8 @@
 """The C kernels' guarded entry points: every shape, dtype, device, contiguity and index the C code
 relies on is checked here before any data_ptr reaches it (a bad one raises ValueError naming the
-kernel and the argument), and a kernel's allocation failure becomes MemoryError. Callers use these,
-never lib().zen_x; they check available() first and keep a torch path for when it is False.
+kernel and the argument), and a kernel's allocation failure becomes MemoryError. A weight's or a
+cache layer's layout is checked on first use and remembered while its tensors and pointers stay the
+same. Callers use these, never lib().zen_x; they check available() first and keep a torch path.
 """
 
 from __future__ import annotations
