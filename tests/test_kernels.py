@@ -276,3 +276,6 @@ def test_zen_info_system_says_which_path_runs():
     assert rows["kernels"] == kernels.isa() and Path(rows["compiler"]).exists()
     assert rows["torch"] == torch.__version__ and int(rows["threads"]) >= 1
     assert "kernels    torch ops (ZEN_NO_NATIVE is set)" in off_out.splitlines()
+    from zenlm.bench import _kernels  # what `zen bench` reports
+
+    assert _kernels() == rows["kernels"]

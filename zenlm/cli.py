@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 
-    i = sub.add_parser("info", help="config and parameter counts of a model or preset")
+    i = sub.add_parser("info", help="config and parameter counts of a model or preset; --system: the kernels here")
     i.add_argument("model", nargs="?", help="a preset name, a .gguf file or an HF directory")
     i.add_argument("--json", action="store_true")
     i.add_argument("--list", action="store_true", help="list the presets")
