@@ -21,7 +21,7 @@ from zenlm.model import Transformer, checkpoint_state_dict
 from zenlm.train.data import Batch, Loader, Row
 from zenlm.train.export import hf_config
 from zenlm.train.losses import CrossEntropy
-from zenlm.train.trainer import Trainer, TrainConfig
+from zenlm.train.trainer import TrainConfig, Trainer
 
 
 def random_rows(n: int, T: int, vocab: int, seed: int = 0) -> list[Row]:

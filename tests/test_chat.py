@@ -137,7 +137,8 @@ def test_environment_matches_transformers():
         "{{ strftime_now('%Y') | length }}{% if add_generation_prompt %}<go>{% endif %}"
     )
     msgs = [{"role": "user", "content": "<b>é\"</b>", "z": 1, "a": [1, 2]}, {"role": "skip", "content": ""},
-            {"role": "assistant", "content": "日本"}, {"role": "user", "content": "x"}, {"role": "user", "content": "y"}]
+            {"role": "assistant", "content": "日本"}, {"role": "user", "content": "x"},
+            {"role": "user", "content": "y"}]
     (want,), _ = chat_utils.render_jinja_template(conversations=[msgs], tools=TOOLS, chat_template=template,
                                                   add_generation_prompt=True, bos_token="<s>")
     assert render(template, msgs, TOOLS, True, bos_token="<s>") == want
@@ -182,10 +183,12 @@ def test_render_ids_with_tools(tok):
     msgs = tool_call_conversation(as_string=True)[:-1]
     ids, mask = tok.render_ids(msgs, TOOLS)
     assert ids == tok.encode(tok.apply_chat(msgs, TOOLS, add_generation_prompt=False))
-    calls = ('<tool_call>\n{"name": "get_weather", "arguments": {"location": "Paris", "unit": "celsius"}}\n</tool_call>\n'
+    calls = ('<tool_call>\n{"name": "get_weather", "arguments": {"location": "Paris", "unit": "celsius"}}'
+             '\n</tool_call>\n'
              '<tool_call>\n{"name": "get_weather", "arguments": {"location": "東京"}}\n</tool_call><|im_end|>')
     search = ('Paris is 21 °C and Tokyo 18 °C. Let me search more.\n<tool_call>\n'
-              '{"name": "search", "arguments": {"query": "Tokyo weather tomorrow", "max_results": 3}}\n</tool_call><|im_end|>')
+              '{"name": "search", "arguments": {"query": "Tokyo weather tomorrow", "max_results": 3}}'
+              '\n</tool_call><|im_end|>')
     assert loss_runs(tok, ids, mask) == [calls, search, "Tomorrow Tokyo will be sunny.<|im_end|>"]
 
 

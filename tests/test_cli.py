@@ -11,7 +11,6 @@ import pytest
 
 from zenlm.engine.sampling import SamplingParams
 
-
 FP32 = ("--dtype", "float32")  # the exact path, to compare with the fp32 default_llm fixture
 
 
@@ -31,7 +30,8 @@ def test_generate_prints_only_the_completion(default_llm):
 def test_generate_raw_and_system(default_llm):
     r = zen("generate", "def fibonacci(n):", "--raw", "--max-tokens", "8", "--temperature", "0", *FP32)
     assert r.returncode == 0, r.stderr
-    assert r.stdout == default_llm.generate("def fibonacci(n):", SamplingParams(max_tokens=8, temperature=0))[0].text + "\n"
+    want = default_llm.generate("def fibonacci(n):", SamplingParams(max_tokens=8, temperature=0))[0].text
+    assert r.stdout == want + "\n"
     r = zen("generate", "Name a color.", "--system", "Answer in French.", "--max-tokens", "8", "--temperature", "0",
             *FP32)
     want = default_llm.chat([{"role": "system", "content": "Answer in French."},

@@ -102,6 +102,7 @@ def test_unknown_model_type():
 
 def test_from_gguf_default_model(gguf_meta):
     c = Config.from_gguf(gguf_meta, has_output=True)
-    assert (c.arch, c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim) == ("qwen2", 896, 24, 14, 2, 64)
+    shape = (c.arch, c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.head_dim)
+    assert shape == ("qwen2", 896, 24, 14, 2, 64)
     assert (c.intermediate_size, c.vocab_size, c.rope_theta, c.rms_norm_eps) == (4864, 151936, 1e6, 1e-6)
     assert c.context_length == 32768 and not c.tie_word_embeddings

@@ -16,7 +16,6 @@ from gguf import GGMLQuantizationType as T
 from zenlm.weights import dequant
 from zenlm.weights.dequant import SUPPORTED, dequantize
 
-
 BLOCK_TYPES = sorted(SUPPORTED - {T.F32, T.F16, T.BF16}, key=lambda t: t.value)
 # Byte offsets of the fp16 fields (d, and dmin/m where present) inside one block.
 HALF_FIELDS = {T.Q4_0: (0,), T.Q4_1: (0, 2), T.Q5_0: (0,), T.Q5_1: (0, 2), T.Q8_0: (0,),

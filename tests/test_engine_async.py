@@ -13,8 +13,13 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from test_engine import TINY, GREEDY, engine, run
-from test_engine import tokenizer  # noqa: F401  (a fixture)
+from test_engine import (
+    GREEDY,
+    TINY,
+    engine,
+    run,
+    tokenizer,  # noqa: F401  (a fixture)
+)
 
 from zenlm.engine.llm import AsyncLLM, Overloaded
 from zenlm.engine.sampling import SamplingParams

@@ -9,10 +9,12 @@ ALLOWED = {
     "zenlm.config": set(),
     "zenlm.tokenizer": set(),
     "zenlm.model": {"zenlm.config"},
-    "zenlm.weights": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.quant", "zenlm.cache"},  # quantize on load
-    "zenlm.quant": {"zenlm.config", "zenlm.model", "zenlm.cache"},
-    # weights: llm.py only; quant: the C decode-attention kernel the paged cache calls
-    "zenlm.engine": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights", "zenlm.quant"},
+    "zenlm.kernels": {"zenlm.cache"},  # the bottom: native code and its loader, nothing of zenlm's torch code
+    # quantize on load; kernels: the native RMSNorm swapped in
+    "zenlm.weights": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.quant", "zenlm.kernels", "zenlm.cache"},
+    "zenlm.quant": {"zenlm.config", "zenlm.model", "zenlm.kernels", "zenlm.cache"},
+    # weights: llm.py only; kernels: the C attention the paged cache calls, argmax for greedy sampling
+    "zenlm.engine": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights", "zenlm.kernels"},
     "zenlm.server": {"zenlm.engine", "zenlm.tokenizer"},  # HTTP over the engine, nothing below it
     "zenlm.train": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights"},  # never the engine
 }

@@ -1,7 +1,6 @@
 """BlockManager: allocation and freeing, reference counts, hash-chained prefix hits, LRU eviction, appends."""
 
 import pytest
-
 from fake_sequence import Seq
 
 from zenlm.engine.kv_cache import BlockManager

@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-import zenlm.quant.linear
+import zenlm.kernels
+import zenlm.kernels.ops
+from zenlm.kernels.loader import _cpu_id, build
 from zenlm.quant.linear import QLinear, _quantize_torch, quantize_linear, quantize_model
-from zenlm.quant.native import _cpu_id, build, lib
 
 
 def _marches() -> list[str]:
@@ -26,10 +27,9 @@ def _marches() -> list[str]:
 
 @pytest.fixture(params=_marches())
 def kernels(request, monkeypatch):
-    """The C kernels built for one instruction set, in place of this CPU's for QLinear."""
-    dll = build(request.param)
-    assert dll is not None, "the C kernels did not build (is gcc installed?)"
-    monkeypatch.setattr(zenlm.quant.linear, "lib", lambda: dll)
+    """The C kernels built for one instruction set, in place of this CPU's for every caller."""
+    dll = build(request.param)  # BuildError (with the compiler's message) when they do not build
+    monkeypatch.setattr(zenlm.kernels.ops, "lib", lambda: dll)
     return dll
 
 
@@ -137,7 +137,10 @@ def test_attention_kernel_equals_sdpa(kernels, bs, B, T, contexts):
             ang = torch.rand(B, T, D // 2) * 3
             cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
             q, k, v = qkv.split([H * D, KV * D, KV * D], -1)
-            rot = lambda x: x * cos[..., None, :] + torch.cat([-x[..., D // 2:], x[..., :D // 2]], -1) * sin[..., None, :]
+
+            def rot(x):  # rotate-half rope with this step's cos, sin
+                return x * cos[..., None, :] + torch.cat([-x[..., D // 2:], x[..., :D // 2]], -1) * sin[..., None, :]
+
             q, k, v = rot(q.view(B, T, H, D)), rot(k.view(B, T, KV, D)), v.view(B, T, KV, D)
             want, kc2, vc2 = torch.empty(B, T, H * D), kc.clone(), vc.clone()
             for b in range(B):
@@ -154,10 +157,7 @@ def test_attention_kernel_equals_sdpa(kernels, bs, B, T, contexts):
                     o = torch.nn.functional.scaled_dot_product_attention(
                         q[b, t][None, :, None], keys[None, :, start:p], vals[None, :, start:p], enable_gqa=True)
                     want[b, t] = o.reshape(H * D)
-            out = torch.empty(B, T, H * D)
-            kernels.zen_attention(qkv.data_ptr(), B, T, H, KV, D, cos.data_ptr(), sin.data_ptr(), kc.data_ptr(),
-                                vc.data_ptr(), kv_dtype == torch.bfloat16, bs, tables.data_ptr(), nb,
-                                ctx.data_ptr(), window, D ** -0.5, out.data_ptr())
+            out = zenlm.kernels.attention(qkv, cos, sin, kc, vc, tables, ctx, (H, KV, D), bs, window, D ** -0.5)
             # a bfloat16 cache on AVX512-BF16 (bs 16): q and the probabilities are rounded to bfloat16 too
             bf16_math = kv_dtype == torch.bfloat16 and bs == 16 and b"bf16" in kernels.zen_isa()
             tol = 2e-2 if bf16_math else 1e-4
@@ -257,3 +257,25 @@ def test_int4_greedy_output_is_the_same_alone_or_batched(default_llm):
     ref = [c.token_ids for c in default_llm.generate(ids, greedy)]
     same = sum(a == r for x, y in zip(alone, ref) for a, r in zip(x, y)) / sum(len(r) for r in ref)
     print(f"int4 greedy tokens equal to fp32's: {same:.1%}")
+
+
+def test_a_models_cached_copy_survives_another_model_with_the_same_file_name(tmp_path, monkeypatch):
+    """Quantized copies are named per source path: re-quantizing a/model.gguf drops a/model.gguf's older
+    copy, never b/model.gguf's."""
+    from zenlm.weights.load import _prequantized_path, _stale_copies
+
+    monkeypatch.setenv("ZEN_CACHE", str(tmp_path / "cache"))
+    a, b = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
+    for f in (a, b):
+        f.parent.mkdir()
+        f.write_bytes(b"weights")
+    old_a, copy_b = _prequantized_path(a, "int4", torch.float32), _prequantized_path(b, "int4", torch.float32)
+    assert old_a != copy_b and old_a.name.startswith("model-int4-") and copy_b.name.startswith("model-int4-")
+    other_dtype = _prequantized_path(a, "int4", torch.bfloat16)
+    a.write_bytes(b"weights, edited")  # a new file: a new copy of a, the old one is stale
+    new_a = _prequantized_path(a, "int4", torch.float32)
+    assert new_a != old_a
+    old_a.parent.mkdir(parents=True)
+    for f in (old_a, copy_b, other_dtype, new_a):
+        f.write_bytes(b"")
+    assert _stale_copies(new_a) == [old_a]

@@ -113,7 +113,7 @@ def test_native_argmax_equals_torch_including_ties_infinities_and_nan():
     x[2] = float("-inf")
     x[3, 999] = float("inf")
     x[4, 500] = float("nan")  # torch points at the NaN
-    x[5, 3] = float("nan"); x[5, 20] = float("nan")
+    x[5, 3] = x[5, 20] = float("nan")
     assert torch.equal(argmax(x), x.argmax(-1))
     assert torch.equal(argmax(x[:, :37]), x[:, :37].argmax(-1))  # a width that is not whole vectors
 

@@ -8,7 +8,6 @@ holds the wrong history, and samples a token from the state, so outputs depend o
 import random
 
 import pytest
-
 from fake_sequence import EOS, Params, Seq
 
 from zenlm.engine.kv_cache import BlockManager

@@ -162,7 +162,8 @@ def test_hf_dir_agrees_with_gguf(tok, tok_hf):
 def test_from_file_reads_configs(hf_tokenizer_dir):
     tc = json.loads((hf_tokenizer_dir / "tokenizer_config.json").read_text())
     tc["chat_template"] = [{"name": "default", "template": "D"}, {"name": "tool_use", "template": "T"}]
-    t = Tokenizer.from_file(hf_tokenizer_dir / "tokenizer.json", tc, {"eos_token_id": [151643, 151645], "pad_token_id": 0})
+    t = Tokenizer.from_file(hf_tokenizer_dir / "tokenizer.json", tc,
+                            {"eos_token_id": [151643, 151645], "pad_token_id": 0})
     assert t.chat_template == "D"
     assert t.eos_token_ids == [151645, 151643]  # tokenizer_config eos first, deduplicated
     assert t.pad_token_id == 151643  # tokenizer_config's pad_token wins over generation_config
@@ -177,7 +178,8 @@ def tiny_meta(**overrides) -> dict:
     tokens = [spell[b] for b in range(256)] + ["he", "hel", "hell", "hello", "Ġw", "<|im_end|>", "<x>"]
     meta = {
         "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2", "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.token_type": [1] * 261 + [3, 4], "tokenizer.ggml.merges": ["h e", "he l", "hel l", "hell o", "Ġ w"],
+        "tokenizer.ggml.token_type": [1] * 261 + [3, 4],
+        "tokenizer.ggml.merges": ["h e", "he l", "hel l", "hell o", "Ġ w"],
         "tokenizer.ggml.eos_token_id": 261, "tokenizer.chat_template": None,
     }
     return {**meta, **overrides}

@@ -84,7 +84,7 @@ def _threads() -> int:
 
 def _kernels() -> str:
     """Which matmul/attention code the quantized path runs on this machine."""
-    from zenlm.quant.native import lib
+    from zenlm.kernels.loader import kernels
 
-    k = lib()
-    return "torch ops (no C kernels)" if k is None else k.zen_isa().decode()
+    k = kernels()
+    return k.path if k.dll is not None else f"torch ops ({k.reason})"

@@ -1,4 +1,6 @@
-"""`zen <command>`: generate, chat, bench, info, train, estimate. One small function per command; heavy imports inside it.
+"""`zen <command>`: generate, chat, serve, bench, info, train, estimate.
+
+One small function per command; heavy imports inside it.
 
 Completions go to stdout, progress and errors to stderr. An error is one line and a non-zero exit.
 """
@@ -97,6 +99,8 @@ def cmd_serve(args) -> int:
 def cmd_info(args) -> int:
     from zenlm.config import PRESETS, human, param_counts
 
+    if args.system:
+        return _info_system()
     if args.list:
         for name, c in PRESETS.items():
             print(f"{name:20s} {human(param_counts(c)['params_total']):>6s}")
@@ -113,6 +117,23 @@ def cmd_info(args) -> int:
             print(f"{key:34s} {value}")
     for key, value in counts.items():
         print(f"{key:34s} {value:,} ({human(value)})")
+    return 0
+
+
+def _info_system() -> int:
+    """Which code path zenlm runs on this machine: the C kernels' (and their compiler) or torch ops."""
+    import platform
+
+    import torch
+
+    from zenlm.kernels.loader import kernels
+
+    k = kernels()
+    rows = {"kernels": k.path if k.dll is not None else f"torch ops ({k.reason})",
+            "compiler": k.compiler or "none", "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "cpu": platform.machine(), "python": platform.python_version()}
+    for key, value in rows.items():
+        print(f"{key:10s} {value}")
     return 0
 
 
@@ -241,10 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 
-    i = sub.add_parser("info", help="config and parameter counts of a model or preset")
+    i = sub.add_parser("info", help="config and parameter counts of a model or preset; --system: the kernels here")
     i.add_argument("model", nargs="?", help="a preset name, a .gguf file or an HF directory")
     i.add_argument("--json", action="store_true")
     i.add_argument("--list", action="store_true", help="list the presets")
+    i.add_argument("--system", action="store_true",
+                   help="which kernels run here (avx512-vnni, avx2, plain C or torch ops), compiler, torch, threads")
     i.set_defaults(func=cmd_info)
     _add_train(sub)
     return parser

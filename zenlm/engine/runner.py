@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
+import zenlm.kernels as kernels
 from zenlm.config import Config
 from zenlm.engine.scheduler import Batch
 from zenlm.model import Transformer
-from zenlm.quant.native import lib
 
 FAR = 1 << 30  # the position given to padding keys: above every query, so always masked
 
@@ -22,7 +22,7 @@ class PagedKVCache:
 
     K is [blocks + 1, KV, D/P, bs, P] (transposed inside a block), V is [blocks + 1, KV, bs/P, D, P],
     with P = 2 values side by side in a bfloat16 cache and 1 in a float32 one: the layout zenlm's C
-    attention kernel (quant/kernels/attention.c) reads directly, one row's own blocks at a time, with no
+    attention kernel (kernels/csrc/attention.c) reads directly, one row's own blocks at a time, with no
     gather, padding or mask. The torch path (models without fused q/k/v, or `native` off) gathers
     each row's blocks into [B, KV, S, D] and masks what lies past the row's context.
     """
@@ -68,22 +68,15 @@ class PagedKVCache:
         batch, or one prefill chunk: the runner never pads under `native`); None: take torch's path."""
         if not self.native or qkv.dtype != torch.float32:
             return None
-        H, KV, D = self.heads
-        B, T, _ = qkv.shape
-        nb = self.tables.shape[1]
         qkv, cos, sin = qkv.contiguous(), cos.float().contiguous(), sin.float().contiguous()
-        out = torch.empty(B, T, H * D)
-        k, v = self.k[layer], self.v[layer]
-        lib().zen_attention(qkv.data_ptr(), B, T, H, KV, D, cos.data_ptr(), sin.data_ptr(), k.data_ptr(),
-                            v.data_ptr(), k.dtype == torch.bfloat16, self.block_size, self.tables.data_ptr(), nb,
-                            self.ctx.data_ptr(), window or 0, D ** -0.5, out.data_ptr())
-        return out
+        return kernels.attention(qkv, cos, sin, self.k[layer], self.v[layer], self.tables, self.ctx, self.heads,
+                                 self.block_size, window or 0, self.heads[2] ** -0.5)
 
 
 class Runner:
     def __init__(self, model: Transformer, num_blocks: int, block_size: int, dtype: torch.dtype, device):
         self.model, self.block_size, self.device = model, block_size, torch.device(device)
-        native = self.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and lib() is not None
+        native = self.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and kernels.available()
         self.cache = PagedKVCache(model.config, num_blocks, block_size, dtype, device, native)
 
     @torch.inference_mode()

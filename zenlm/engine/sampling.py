@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from zenlm.quant.native import lib
+import zenlm.kernels as kernels
 
 # What a None field means when neither the request nor the model's generation_config sets it.
 NEUTRAL = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0, "repetition_penalty": 1.0}
@@ -199,13 +199,9 @@ def apply_warpers(logits: torch.Tensor, params: list[SamplingParams]) -> torch.T
 
 def argmax(logits: torch.Tensor) -> torch.Tensor:
     """logits.argmax(-1) for float32 [B, V]; on the CPU in zenlm's C kernel, a row per thread."""
-    native = lib() if logits.device.type == "cpu" and logits.dtype == torch.float32 else None
-    if native is None:
+    if logits.device.type != "cpu" or logits.dtype != torch.float32 or logits.dim() != 2 or not kernels.available():
         return logits.argmax(dim=-1)
-    logits = logits.contiguous()
-    out = torch.empty(logits.shape[0], dtype=torch.long)
-    native.zen_argmax(logits.data_ptr(), logits.shape[0], logits.shape[1], out.data_ptr())
-    return out
+    return kernels.argmax(logits.contiguous())
 
 
 def sample(

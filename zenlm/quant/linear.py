@@ -1,7 +1,7 @@
 """Weight-only quantized linears (4 or 8 bits, groups of 32), swapped into a model in place.
 
 QLinear keeps the weight as unsigned integers q with an fp16 scale d and offset m per group of 32
-inputs (w = d * q + m; the layout is kernels/linear.c's) and runs zenlm's own CPU kernel (native.py):
+inputs (w = d * q + m; the layout is kernels/csrc/linear.c's) and runs zenlm's own CPU kernel (zenlm.kernels):
 activations are quantized to int8 per group on the fly. Without a C compiler, or off the CPU, it
 dequantizes and calls F.linear: slower, same weights. `quantize_model` swaps every nn.Linear; a
 linear whose input width is not a multiple of 32 stays in float. Training-time quantization
@@ -14,15 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import zenlm.kernels as kernels
 from zenlm.model import SwiGLULinear
-from zenlm.quant.native import lib
 
-GROUP, TILE = 32, 16  # inputs per scale, rows per tile (kernels/linear.c)
+GROUP, TILE = 32, 16  # inputs per scale, rows per tile (kernels/csrc/linear.c)
 MODES = {"int4": 4, "int8": 8}
 
 
 def _tile(q: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 q [Np, K] -> kernels/linear.c's byte layout [tiles, K/32 * bytes per block]."""
+    """uint8 q [Np, K] -> kernels/csrc/linear.c's byte layout [tiles, K/32 * bytes per block]."""
     Np, K = q.shape
     b = q.view(Np // TILE, TILE, K // GROUP, 8, 4).permute(0, 2, 3, 1, 4)  # [t, g, quad, row, j]
     if bits == 4:
@@ -42,7 +42,7 @@ def _untile(qs: torch.Tensor, bits: int, K: int) -> torch.Tensor:
 
 
 def _quantize_torch(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """kernels/linear.c's zen_quantize in torch: per group, the min..max range or a shrunken one."""
+    """kernels/csrc/linear.c's zen_quantize in torch: per group, the min..max range or a shrunken one."""
     N, K = w.shape
     g = w.view(N, K // GROUP, GROUP)
     lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
@@ -86,11 +86,10 @@ class QLinear(nn.Module):
         N, K = weight.shape
         q = cls(K, N, bits, bias is not None, device="cpu", glu=glu)
         w = weight.detach().to(device="cpu", dtype=torch.float32).contiguous()
-        native = lib()
-        if native is None:
+        if not kernels.available():
             q.qs, q.d, q.m = _quantize_torch(F.pad(w, (0, 0, 0, q.qs.shape[0] * TILE - N)), bits)
         else:
-            native.zen_quantize(w.data_ptr(), N, K, bits, q.qs.data_ptr(), q.d.data_ptr(), q.m.data_ptr())
+            q.qs, q.d, q.m = kernels.quantize(w, bits)
         if bias is not None:
             q.bias.copy_(bias.detach().float())
         return q.to(weight.device)
@@ -103,12 +102,9 @@ class QLinear(nn.Module):
     def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The float32 weight [N, K], or only the given rows [R, K]."""
         K, N = self.in_features, self.out_features
-        if rows is not None and self.qs.device.type == "cpu" and (native := lib()) is not None:
-            rows = rows.reshape(-1).to(torch.int64).contiguous()
-            out = torch.empty(rows.numel(), K)
-            native.zen_dequant_rows(self.qs.data_ptr(), self.d.data_ptr(), self.m.data_ptr(), self.bits,
-                                    K, rows.data_ptr(), rows.numel(), out.data_ptr())
-            return out
+        if rows is not None and self.qs.device.type == "cpu" and kernels.available():
+            rows = rows.reshape(-1).to(device="cpu", dtype=torch.int64).contiguous()
+            return kernels.dequant_rows(self.qs, self.d, self.m, self.bits, K, N, rows)
         q = _untile(self.qs, self.bits, K)[:N]
         d, m = (t.transpose(1, 2).reshape(-1, K // GROUP)[:N] for t in (self.d, self.m))
         if rows is not None:
@@ -126,8 +122,7 @@ class QLinear(nn.Module):
 
     def _run(self, x: torch.Tensor, glu: bool) -> torch.Tensor:
         shape, K, N = x.shape, self.in_features, self.out_features
-        native = lib() if x.device.type == "cpu" else None
-        if native is None:
+        if x.device.type != "cpu" or not kernels.available():
             if glu:
                 gate, up = x.chunk(2, dim=-1)
                 x = F.silu(gate) * up
@@ -137,12 +132,7 @@ class QLinear(nn.Module):
         x2 = x.reshape(-1, shape[-1])
         if x2.dtype not in (torch.float32, torch.bfloat16):
             x2 = x2.float()
-        x2 = x2.contiguous()
-        bf16 = x2.dtype == torch.bfloat16
-        y = torch.empty(x2.shape[0], N, dtype=x2.dtype)
-        native.zen_linear(x2.data_ptr(), bf16, x2.shape[0], K, glu, self.qs.data_ptr(), self.d.data_ptr(),
-                          self.m.data_ptr(), self.bits, N, None if self.bias is None else self.bias.data_ptr(),
-                          y.data_ptr(), bf16)
+        y = kernels.linear(x2.contiguous(), self.qs, self.d, self.m, self.bits, K, N, self.bias, glu)
         return y.view(*shape[:-1], N)
 
     def extra_repr(self) -> str:

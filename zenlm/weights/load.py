@@ -17,15 +17,16 @@ from torch import nn
 from tqdm import tqdm
 
 from zenlm.config import Config
+from zenlm.kernels.norm import NativeRMSNorm
 from zenlm.model import RMSNorm, Transformer, checkpoint_layout, checkpoint_state_dict
 from zenlm.quant.linear import QEmbedding, QLinear, quantize_linear
-from zenlm.quant.norm import NativeRMSNorm
 from zenlm.tokenizer import Tokenizer
-from zenlm.weights.gguf import GGUFCheckpoint
 from zenlm.weights import prequantized
 from zenlm.weights.defaults import gguf_generation_config
+from zenlm.weights.gguf import GGUFCheckpoint
 from zenlm.weights.registry import cache_dir, resolve
 from zenlm.weights.safetensors import checkpoint_files, read_safetensors
+
 
 @dataclass(slots=True)
 class Loaded:
@@ -65,7 +66,7 @@ def load(name: str | Path | None = "default", dtype: torch.dtype = torch.float32
                    leave=False)
         model = build(config, bar, src.path, dtype, device, quant)
         if cached is not None:
-            for stale in cached.parent.glob(f"{src.path.stem}-{quant}-*.safetensors"):  # older code or file
+            for stale in _stale_copies(cached):  # this source's copies made by older code or an older file
                 stale.unlink(missing_ok=True)
             prequantized.save(model, cached)
     if quant:  # quantized models aim for speed: the norms on the C kernel too
@@ -76,20 +77,33 @@ def load(name: str | Path | None = "default", dtype: torch.dtype = torch.float32
 
 
 def _prequantized_path(src: Path, quant: str, dtype: torch.dtype) -> Path:
-    """Where the quantized copy of a checkpoint lives: named by the source (path, size, mtime), the
-    mode and the source code of everything that decides the quantized tensors."""
+    """Where the quantized copy of a checkpoint lives: {stem}-{quant}-{which}-{version}.safetensors, where
+    which hashes the resolved source path, mode and dtype (one name per copy a load can ask for) and
+    version the source files (size, mtime) and the code of everything that decides the quantized tensors."""
     import hashlib
 
-    from zenlm.quant import linear, native
+    from zenlm import model
+    from zenlm.kernels import loader
+    from zenlm.quant import linear
 
     files = sorted(src.glob("*.safetensors")) if src.is_dir() else [src]
     h = hashlib.sha256(f"{src.resolve()}|{quant}|{dtype}".encode())
     for f in files:
         st = f.stat()
         h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
-    for code in (Path(__file__), Path(linear.__file__), *native.QUANTIZER):
+    for code in (Path(__file__), Path(model.__file__), Path(linear.__file__), *loader.QUANTIZER):
         h.update(code.read_bytes())
-    return cache_dir() / "quantized" / f"{src.stem}-{quant}-{h.hexdigest()[:16]}.safetensors"
+    which = hashlib.sha256(f"{src.resolve()}|{quant}|{dtype}".encode()).hexdigest()[:8]
+    return cache_dir() / "quantized" / f"{src.stem}-{quant}-{which}-{h.hexdigest()[:16]}.safetensors"
+
+
+def _stale_copies(cached: Path) -> list[Path]:
+    """The other versions of the same quantized copy (same source path, mode and dtype): never another
+    model's, even one whose file has the same name."""
+    import glob
+
+    prefix = glob.escape(cached.name.rsplit("-", 1)[0])
+    return [p for p in cached.parent.glob(f"{prefix}-{'?' * 16}.safetensors") if p != cached]
 
 
 UNQUANTIZED = {"gate", "shared_expert_gate"}  # MoE routers stay in float

@@ -180,12 +180,17 @@ static inline int q_at(const uint8_t *blk, int bits, int r, int kk) {
 }
 
 /* y[M, N] = x[M, K] @ W^T + bias; x and y are float32 or bfloat16 (flags). K % 32 == 0. With glu,
- * x is [M, 2K] and the input is silu(x[:, :K]) * x[:, K:]. */
-void zen_linear(const void *x, int x_bf16, int M, int K, int glu, const uint8_t *qs, const f16 *d, const f16 *mn,
-                int bits, int N, const float *bias, void *y, int y_bf16) {
+ * x is [M, 2K] and the input is silu(x[:, :K]) * x[:, K:]. ZEN_ENOMEM when the quantized activations
+ * do not fit in memory (y untouched). */
+int zen_linear(const void *x, int x_bf16, int M, int K, int glu, const uint8_t *qs, const f16 *d, const f16 *mn,
+               int bits, int N, const float *bias, void *y, int y_bf16) {
     const int ng = K / G, tiles = (N + R - 1) / R;
     int8_t *xq = malloc((size_t)M * K);
     float *dx = malloc(sizeof(float) * (size_t)M * ng), *sx = malloc(sizeof(float) * (size_t)M * ng);
+    if (!xq || !dx || !sx) {
+        free(xq); free(dx); free(sx);
+        return ZEN_ENOMEM;
+    }
     const size_t xs = (size_t)K * (glu ? 2 : 1) * (x_bf16 ? 2 : 4), tb = block_bytes(bits) * ng;
     const Act a = {xq, dx, sx, K, ng};
     (void)a; /* unused by the plain path */
@@ -255,6 +260,7 @@ void zen_linear(const void *x, int x_bf16, int M, int K, int glu, const uint8_t 
     }
     }
     free(xq); free(dx); free(sx);
+    return ZEN_OK;
 }
 
 /* Float32 weights [N, K] -> tiled q, d, m (zero rows pad N up to whole tiles). Per group: the
@@ -317,11 +323,14 @@ void zen_quantize(const float *w, int N, int K, int bits, uint8_t *qs, f16 *d, f
     }
 }
 
-/* Rows of a quantized [N, K] weight -> float32 [rows, K] (an embedding lookup). */
-void zen_dequant_rows(const uint8_t *qs, const f16 *d, const f16 *mn, int bits, int K,
-                      const int64_t *rows, int nrows, float *out) {
+/* Rows of a quantized [N, K] weight -> float32 [rows, K] (an embedding lookup); ZEN_ERANGE, with out
+ * untouched, when a row is not in [0, N). */
+int zen_dequant_rows(const uint8_t *qs, const f16 *d, const f16 *mn, int bits, int K, int N,
+                     const int64_t *rows, int nrows, float *out) {
     const int ng = K / G;
     const size_t bb = block_bytes(bits);
+    for (int i = 0; i < nrows; i++)
+        if (rows[i] < 0 || rows[i] >= N) return ZEN_ERANGE;
     for (int i = 0; i < nrows; i++) {
         const int64_t t = rows[i] / R, r = rows[i] % R;
         for (int g = 0; g < ng; g++) {
@@ -331,5 +340,6 @@ void zen_dequant_rows(const uint8_t *qs, const f16 *d, const f16 *mn, int bits, 
                 out[(size_t)i * K + g * G + kk] = (float)d[at] * q_at(blk, bits, (int)r, kk) + (float)mn[at];
         }
     }
+    return ZEN_OK;
 }
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zenlm.quant.native import lib
+from zenlm.kernels import ops
 
 
 class NativeRMSNorm(nn.Module):
@@ -19,11 +19,6 @@ class NativeRMSNorm(nn.Module):
         self.weight, self.eps = weight, eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        native = lib()
-        if native is None or x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != x.dtype:
+        if not ops.available() or x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != x.dtype:
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-        x = x.contiguous()
-        out = torch.empty_like(x)
-        native.zen_rmsnorm(x.data_ptr(), self.weight.data_ptr(), self.eps, x.numel() // x.shape[-1], x.shape[-1],
-                           out.data_ptr())
-        return out
+        return ops.rmsnorm(x.contiguous(), self.weight, self.eps)

@@ -222,10 +222,15 @@ static void values_f32(const void *vc, int bf16, size_t bg, int D, int bs, float
         for (int i = 0; i < D; i++) vb[t * D + i] = get(vc, bf16, v_at(bg, D, bs, bf16 ? 2 : 1, t, i));
 }
 
-/* Any block size, head count and CPU, in plain C the compiler vectorises: float32 math throughout. */
-static void attend_any(const float *q, int per, int D, const void *kc, const void *vc, int bf16, int bs,
-                       const int64_t *table, int KV, int g, int start, int n, float scale, float *o) {
+/* Any block size, head count and CPU, in plain C the compiler vectorises: float32 math throughout.
+ * ZEN_ENOMEM when its scratch memory cannot be allocated. */
+static int attend_any(const float *q, int per, int D, const void *kc, const void *vc, int bf16, int bs,
+                      const int64_t *table, int KV, int g, int start, int n, float scale, float *o) {
     float *p = malloc(sizeof(float) * (size_t)per * n), *buf = malloc(sizeof(float) * (size_t)D * bs);
+    if (!p || !buf) {
+        free(p); free(buf);
+        return ZEN_ENOMEM;
+    }
     for (int c = start / bs; c * bs < n; c++) { /* scores, a block of keys at a time */
         const int t0 = start > c * bs ? start - c * bs : 0, t1 = n - c * bs < bs ? n - c * bs : bs;
         keys_f32(kc, bf16, (size_t)table[c] * KV + g, D, bs, buf);
@@ -262,12 +267,22 @@ static void attend_any(const float *q, int per, int D, const void *kc, const voi
     for (int h = 0; h < per; h++)
         for (int i = 0; i < D; i++) o[h * D + i] *= inv[h];
     free(p); free(buf);
+    return ZEN_OK;
 }
 
-void zen_attention(float *qkv, int B, int T, int H, int KV, int D, const float *cos, const float *sin,
-                   void *kc, void *vc, int kv_bf16, int bs, const int64_t *tables, int nb, const int64_t *ctx,
-                   int window, float scale, float *out) {
+/* Rope on the new tokens' q and k, their k and v written to the paged cache, and each query's attention
+ * over its row's context (its last `window` keys when window > 0). ZEN_ERANGE, before anything is read
+ * or written, when a block id is not in [0, blocks) or a context length not in [T, nb * bs];
+ * ZEN_ENOMEM when a thread's scratch memory cannot be allocated (the output is then incomplete). */
+int zen_attention(float *qkv, int B, int T, int H, int KV, int D, const float *cos, const float *sin,
+                  void *kc, void *vc, int kv_bf16, int bs, int blocks, const int64_t *tables, int nb,
+                  const int64_t *ctx, int window, float scale, float *out) {
     const int W = (H + 2 * KV) * D, per = H / KV, P = kv_bf16 ? 2 : 1;
+    for (int b = 0; b < B; b++) {
+        if (ctx[b] < T || ctx[b] > (int64_t)nb * bs) return ZEN_ERANGE;
+        for (int c = 0; c < nb; c++)
+            if (tables[(size_t)b * nb + c] < 0 || tables[(size_t)b * nb + c] >= blocks) return ZEN_ERANGE;
+    }
     for (int b = 0; b < B; b++) /* rotate and store the new tokens' k, v */
         for (int t = 0; t < T; t++) {
             const size_t r = (size_t)b * T + t;
@@ -281,6 +296,7 @@ void zen_attention(float *qkv, int B, int T, int H, int KV, int D, const float *
                 }
         }
     const int tiles = (T + QT - 1) / QT;
+    int failed = 0;
 #pragma omp parallel for schedule(dynamic, 1) collapse(3)
     for (int b = 0; b < B; b++)
         for (int tile = 0; tile < tiles; tile++)
@@ -297,6 +313,11 @@ void zen_attention(float *qkv, int B, int T, int H, int KV, int D, const float *
 #if ZEN_VNNI
                 if (bs == 16 && D % 32 == 0 && per <= 8 && (ZEN_BF16 || !kv_bf16)) {
                     float *work = malloc(sizeof(float) * ((size_t)per * CHUNK * 3 / 2 + (size_t)nq * per * (D * 3 / 2 + 2)));
+                    if (!work) {
+#pragma omp atomic write
+                        failed = 1;
+                        continue;
+                    }
                     switch (per) {
 #define PER_CASE(k) case k: attend16(q, W, nq, k, D, kc, vc, kv_bf16, table, KV, g, start, n, scale, o, (size_t)H * D, work); break;
                     PER_CASE(1) PER_CASE(2) PER_CASE(3) PER_CASE(4) PER_CASE(5) PER_CASE(6) PER_CASE(7) PER_CASE(8)
@@ -307,8 +328,12 @@ void zen_attention(float *qkv, int B, int T, int H, int KV, int D, const float *
                 }
 #endif
                 for (int r = 0; r < nq; r++)
-                    attend_any(q + (size_t)r * W, per, D, kc, vc, kv_bf16, bs, table, KV, g, start[r], n[r], scale,
-                               o + (size_t)r * H * D);
+                    if (attend_any(q + (size_t)r * W, per, D, kc, vc, kv_bf16, bs, table, KV, g, start[r], n[r], scale,
+                                   o + (size_t)r * H * D) != ZEN_OK) {
+#pragma omp atomic write
+                        failed = 1;
+                    }
             }
+    return failed ? ZEN_ENOMEM : ZEN_OK;
 }
 

@@ -1,6 +1,6 @@
 /* What every kernel file shares: the instruction sets this build targets (ZEN_VNNI: AVX-512 with
  * VNNI, ZEN_BF16: plus AVX512-BF16, ZEN_AVX2: AVX2 with FMA and F16C; none of them: plain C), the
- * number formats (fp16, bfloat16) and a vector exp. */
+ * number formats (fp16, bfloat16), the error codes and a vector exp. */
 #ifndef ZEN_COMMON_H
 #define ZEN_COMMON_H
 #include <math.h>
@@ -26,6 +26,9 @@
 #endif
 
 typedef _Float16 f16;
+
+/* What an entry point that can fail returns (the Python wrappers in ops.py turn them into exceptions) */
+enum { ZEN_OK = 0, ZEN_ENOMEM = 1, ZEN_ERANGE = 2 };
 
 static inline float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
