@@ -153,6 +153,7 @@ def test_the_c_kernel_itself_refuses_a_row_past_the_table(q):
     assert rc == 2 and torch.equal(a["k_cache"], before)
 
 
+@pytest.mark.slow  # starts processes
 def test_an_out_of_vocabulary_token_is_a_value_error_and_the_process_lives():
     """Before: a token id >= vocab on the quantized embedding read past zen_dequant_rows' table (SIGSEGV)."""
     r = python("""
@@ -171,6 +172,7 @@ def test_an_out_of_vocabulary_token_is_a_value_error_and_the_process_lives():
     assert r.stdout.count("refused: zen_dequant_rows: row") == 2 and r.stdout.endswith("alive\n")
 
 
+@pytest.mark.slow  # starts processes
 def test_an_allocation_failure_in_c_is_a_memory_error():
     """zen_linear's scratch (an int8 copy of x) cannot be had under an address-space limit set after x."""
     r = python("""
@@ -195,6 +197,7 @@ def test_an_allocation_failure_in_c_is_a_memory_error():
     assert r.stdout.endswith("alive (3, 16)\n")
 
 
+@pytest.mark.slow  # starts processes
 def test_two_processes_starting_together_compile_once(tmp_path):
     """Both wait at a barrier, then load the kernels from an empty cache: the compiler (a wrapper that
     logs each run, holds on a second, then hands over a built library) runs once."""
@@ -221,6 +224,7 @@ def test_two_processes_starting_together_compile_once(tmp_path):
     assert len(list((tmp_path / "cache").glob("kernels-*.so"))) == 1
 
 
+@pytest.mark.slow  # starts processes
 def test_a_compiler_that_hangs_is_stopped_with_a_clear_error(tmp_path):
     cc = tmp_path / "cc"
     cc.write_text("#!/bin/sh\nsleep 60\n")  # a child of the shell: the whole process group must go
@@ -239,6 +243,7 @@ FALLBACK = """
 """
 
 
+@pytest.mark.slow  # starts processes
 @pytest.mark.parametrize("env, missing", [
     ({"CC": "/nonexistent/cc"}, "the C compiler CC='/nonexistent/cc' was not found"),
     ({"PATH": "/nonexistent"}, "no C compiler found (CC is unset and neither gcc nor cc is on PATH)"),
@@ -255,6 +260,7 @@ def test_without_kernels_one_warning_says_why_and_torch_runs(tmp_path, env, miss
     assert warnings[0].endswith(f"zenlm: {missing}; falling back to slower torch ops instead of the C kernels")
 
 
+@pytest.mark.slow  # starts processes
 def test_a_failed_build_warns_with_the_compilers_error(tmp_path):
     cc = tmp_path / "cc"
     cc.write_text("#!/bin/sh\necho 'kernels.c:1: error: no such luck' >&2\nexit 1\n")
@@ -265,6 +271,7 @@ def test_a_failed_build_warns_with_the_compilers_error(tmp_path):
     assert f"the C kernels did not build with {cc}: kernels.c:1: error: no such luck" in r.stderr
 
 
+@pytest.mark.slow  # starts processes
 def test_zen_info_system_says_which_path_runs():
     run, env = [sys.executable, "-m", "zenlm", "info", "--system"], os.environ | {"PYTHONPATH": str(ROOT)}
     on, off = (subprocess.Popen(run, env=env | extra, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

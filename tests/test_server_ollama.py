@@ -10,6 +10,7 @@ import pytest
 import tiny_server
 
 from zenlm.server import model_info
+from zenlm.weights.file_info import FILE_TYPES, file_info
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": False,
         "options": {"num_predict": 3, "temperature": 0}}
@@ -97,13 +98,14 @@ def test_parameter_sizes_as_ollama_prints_them():
     assert model_info.parameter_size(494_032_768) == "494.03M"
     assert model_info.parameter_size(7_615_616_512) == "7.6B"
     assert model_info.parameter_size(93_504) == "93.50K"
-    assert model_info.FILE_TYPES[15] == "Q4_K_M" and model_info.FILE_TYPES[2] == "Q4_0"
+    assert FILE_TYPES[15] == "Q4_K_M" and FILE_TYPES[2] == "Q4_0"
 
 
 def test_the_default_gguf_reports_q4_k_m(gguf_path):
-    class Served:  # what describe() reads off the LLM: its file and config
-        path = gguf_path
-        config = None
+    class Served:  # what describe() reads off the LLM: its file's own details
+        @staticmethod
+        def file_info():
+            return file_info(gguf_path)
 
     info = model_info.describe(Served)
     assert info.details["format"] == "gguf" and info.details["quantization_level"] == "Q4_K_M"

@@ -222,6 +222,7 @@ def test_token_id_prompts_out_of_the_vocabulary_get_400(url, prompt, bad):
 
 # ---- the flags, on a real `zen serve` ------------------------------------------------------------
 
+@pytest.mark.slow  # starts processes
 def test_zen_serve_flags(llm, tmp_path):
     env = {**os.environ, "ZEN_ALLOWED_ORIGINS": EVIL}  # the flag wins over the env var
     log = tmp_path / "stderr.txt"
@@ -247,3 +248,6 @@ def test_zen_serve_flags(llm, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "zenlm", "serve", "--allowed-origins", "app.example"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "allowed origin 'app.example' needs a scheme" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "zenlm", "serve", "--max-waiting", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--max-waiting must be at least 1, got 0" in bad.stderr

@@ -214,6 +214,7 @@ killable_run(out, 8).fit()
 """
 
 
+@pytest.mark.slow  # starts processes
 @pytest.mark.parametrize("where", ["dcp", "trainer", "rename"])
 def test_run_killed_while_writing_a_checkpoint_resumes_from_the_last_complete_one(tmp_path, where):
     import os

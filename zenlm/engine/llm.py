@@ -16,12 +16,16 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
+from typing import TYPE_CHECKING
 
 import torch
 
 from zenlm.engine.engine import Engine, EngineConfig, StepOutput
 from zenlm.engine.sampling import SamplingParams, logprobs, top_logprobs
 from zenlm.engine.sequence import Completion, Sequence
+
+if TYPE_CHECKING:
+    from zenlm.weights.file_info import FileInfo
 
 log = logging.getLogger("zenlm.engine")
 
@@ -46,6 +50,13 @@ class LLM:
         if quant and engine.kv_dtype is None:  # quantized weights: K/V in bfloat16 too, half the cache memory
             engine = dataclasses.replace(engine, kv_dtype=torch.bfloat16)
         self.engine = Engine(self.model, self.tokenizer, self.generation_config, self.dtype, device, engine)
+
+    def file_info(self) -> FileInfo:
+        """What the model file says about itself (format, quantization, parameter count, digest); the
+        first call reads and hashes it."""
+        from zenlm.weights.file_info import file_info
+
+        return file_info(self.path, self.config)
 
     # ---- prompts -> ids --------------------------------------------------------------------------
     def chat_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:

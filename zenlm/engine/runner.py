@@ -23,7 +23,7 @@ class PagedKVCache:
     K is [blocks + 1, KV, D/P, bs, P] (transposed inside a block), V is [blocks + 1, KV, bs/P, D, P],
     with P = 2 values side by side in a bfloat16 cache and 1 in a float32 one: the layout zenlm's C
     attention kernel (kernels/csrc/attention.c) reads directly, one row's own blocks at a time, with no
-    gather, padding or mask. The torch path (models without fused q/k/v, or `native` off) gathers
+    gather, padding or mask. The torch path (off the CPU, or `native` off) gathers
     each row's blocks into [B, KV, S, D] and masks what lies past the row's context.
     """
 

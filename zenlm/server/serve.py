@@ -8,6 +8,7 @@ The safe defaults (security.py) are set here from the flags: allowed origins and
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import sys
 
@@ -32,6 +33,9 @@ def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, api
         raise ValueError(f"--max-waiting must be at least 1, got {max_waiting}")
     security = Security.for_bind(host, allowed_origins, allowed_hosts, max_body_bytes)  # bad flags fail first
     _check_bind(host, port)  # fail in a second, not after loading the model
+    if not logging.getLogger().handlers:  # engine and server errors reach stderr with their tracebacks
+        logging.basicConfig(format="zen serve: %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("zenlm").setLevel(log_level.upper())
     engine = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max(512, max_num_seqs),
                           max_waiting=max_waiting)
     llm = AsyncLLM(model, dtype=dtype, device=device, progress=sys.stderr.isatty(), engine=engine)

@@ -82,7 +82,7 @@ def _prequantized_path(src: Path, quant: str, dtype: torch.dtype) -> Path:
     version the source files (size, mtime) and the code of everything that decides the quantized tensors."""
     import hashlib
 
-    from zenlm import model
+    import zenlm.model
     from zenlm.kernels import loader
     from zenlm.quant import linear
 
@@ -91,7 +91,7 @@ def _prequantized_path(src: Path, quant: str, dtype: torch.dtype) -> Path:
     for f in files:
         st = f.stat()
         h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
-    for code in (Path(__file__), Path(model.__file__), Path(linear.__file__), *loader.QUANTIZER):
+    for code in (Path(__file__), Path(zenlm.model.__file__), Path(linear.__file__), *loader.QUANTIZER):
         h.update(code.read_bytes())
     which = hashlib.sha256(f"{src.resolve()}|{quant}|{dtype}".encode()).hexdigest()[:8]
     return cache_dir() / "quantized" / f"{src.stem}-{quant}-{which}-{h.hexdigest()[:16]}.safetensors"
