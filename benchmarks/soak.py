@@ -39,11 +39,11 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-def start_server(model: str, dtype: str) -> tuple[subprocess.Popen, str]:
+def start_server(model: str, dtype: str, extra: list[str]) -> tuple[subprocess.Popen, str]:
     log = Path(f"/tmp/zen-soak-{os.getpid()}.log")
     err = open(log, "w")
     proc = subprocess.Popen([sys.executable, "-m", "zenlm", "serve", "--model", model, "--dtype", dtype, "--port",
-                             "0", "--max-body-bytes", str(BODY_LIMIT)], stdout=subprocess.DEVNULL, stderr=err)
+                             "0", "--max-body-bytes", str(BODY_LIMIT), *extra], stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.time() + 900
     while time.time() < deadline and proc.poll() is None:
         m = re.search(r"on (http://[^ ]+?)/v1", log.read_text())
@@ -207,12 +207,14 @@ def main() -> int:
     ap.add_argument("--sample-every", type=float, default=2.0, help="seconds between RSS samples")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="also write the report (markdown) here")
+    ap.add_argument("--serve-args", default="",
+                    help="more flags for the zen serve it starts, e.g. '--kv-cache-tokens 4096'")
     args = ap.parse_args()
     if args.minutes <= 0 or args.clients < 1:
         ap.error("--minutes must be > 0 and --clients >= 1")
     proc, url, pid = None, args.url, args.pid
     if url is None:
-        proc, url = start_server(args.model, args.dtype)
+        proc, url = start_server(args.model, args.dtype, args.serve_args.split())
         pid = proc.pid
     name = httpx.get(url + "/v1/models", timeout=60).json()["data"][0]["id"]
     soak, rss = Soak(url, name, args.seed), []

@@ -251,3 +251,6 @@ def test_zen_serve_flags(llm, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "zenlm", "serve", "--max-waiting", "0"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "--max-waiting must be at least 1, got 0" in bad.stderr
+    bad = subprocess.run([sys.executable, "-m", "zenlm", "serve", "--kv-cache-tokens", "3"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--kv-cache-tokens must be at least 16 (one block), got 3" in bad.stderr

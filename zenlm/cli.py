@@ -93,7 +93,7 @@ def cmd_serve(args) -> int:
 
     return serve(args.model, args.host, args.port, args.api_key or os.environ.get("ZEN_API_KEY"), args.dtype,
                  args.device, args.served_model_name, args.max_num_seqs, args.log_level, args.allowed_origins,
-                 args.allowed_hosts, args.max_body_bytes, args.max_waiting)
+                 args.allowed_hosts, args.max_body_bytes, args.max_waiting, args.kv_cache_tokens)
 
 
 def cmd_info(args) -> int:
@@ -240,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-num-seqs", type=int, default=16, help="sequences decoded together")
     s.add_argument("--max-waiting", type=int, default=256,
                    help="requests queued beyond those running; more get 429 with Retry-After")
+    s.add_argument("--kv-cache-tokens", type=int, default=None,
+                   help="tokens the paged KV cache holds, all sequences together (default: the model's context); "
+                        "its memory is touched as it fills")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     s.add_argument("--allowed-origins", default=None, metavar="LIST",
                    help="comma-separated origins browsers may call from, '*' for any; loopback origins always "

@@ -18,7 +18,8 @@ GRACE_S = 5  # seconds in-flight requests get to finish on shutdown
 def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
           dtype: str = "int4", device: str = "cpu", served_name: str | None = None, max_num_seqs: int = 16,
           log_level: str = "warning", allowed_origins: str | None = None, allowed_hosts: str | None = None,
-          max_body_bytes: int = 16 * 1024 * 1024, max_waiting: int = 256) -> int:
+          max_body_bytes: int = 16 * 1024 * 1024, max_waiting: int = 256,
+          kv_cache_tokens: int | None = None) -> int:
     import uvicorn
 
     from zenlm.engine.engine import EngineConfig
@@ -31,13 +32,15 @@ def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, api
         raise ValueError(f"--port must be in 0..65535, got {port}")
     if max_waiting < 1:
         raise ValueError(f"--max-waiting must be at least 1, got {max_waiting}")
+    if kv_cache_tokens is not None and kv_cache_tokens < 16:
+        raise ValueError(f"--kv-cache-tokens must be at least 16 (one block), got {kv_cache_tokens}")
     security = Security.for_bind(host, allowed_origins, allowed_hosts, max_body_bytes)  # bad flags fail first
     _check_bind(host, port)  # fail in a second, not after loading the model
     if not logging.getLogger().handlers:  # engine and server errors reach stderr with their tracebacks
         logging.basicConfig(format="zen serve: %(levelname)s %(name)s: %(message)s")
     logging.getLogger("zenlm").setLevel(log_level.upper())
     engine = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max(512, max_num_seqs),
-                          max_waiting=max_waiting)
+                          max_waiting=max_waiting, kv_cache_tokens=kv_cache_tokens)
     llm = AsyncLLM(model, dtype=dtype, device=device, progress=sys.stderr.isatty(), engine=engine)
     state = ServerState(llm, served_name or model, api_key or None)
     config = uvicorn.Config(create_app(state, security), host=host, port=port, log_level=log_level, lifespan="off",
