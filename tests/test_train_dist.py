@@ -45,16 +45,20 @@ def losses(out) -> list[float]:
     return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def documents(src, n: int):
+    """n small text files in src, each a little longer than the one before."""
+    src.mkdir()
+    for i in range(n):
+        (src / f"d{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps. " * (3 + i))
+    return src
+
+
 def weights(out) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in read_safetensors(out / "model.safetensors")}
 
 
 def test_two_process_fsdp_equals_one_process_and_resumes_on_one(tmp_path):
-    base = write_model_dir(tmp_path / "base")
-    src = tmp_path / "text"
-    src.mkdir()
-    for i in range(12):
-        (src / f"d{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps. " * (3 + i))
+    base, src = write_model_dir(tmp_path / "base"), documents(tmp_path / "text", 12)
     data = ["--model", str(base), "--data", str(src)]
     one, two = tmp_path / "one", tmp_path / "two"
     zen(COMMON + data + ["--output", str(one), "--grad-accum", "2"])
@@ -85,11 +89,7 @@ def test_two_process_lora_with_one_held_out_item_finishes_and_writes_the_adapter
     from zenlm.train.losses import CrossEntropy
     from zenlm.weights.load import load
 
-    base = write_model_dir(tmp_path / "base")
-    src = tmp_path / "text"
-    src.mkdir()
-    for i in range(6):
-        (src / f"d{i}.txt").write_text(f"document {i}: " + "the quick brown fox jumps. " * (3 + i))
+    base, src = write_model_dir(tmp_path / "base"), documents(tmp_path / "text", 6)
     held = tmp_path / "held.txt"
     held.write_text("held out: the lazy dog sleeps all day long.")  # one row of 32 tokens
     out = tmp_path / "lora"
