@@ -106,8 +106,9 @@ def test_two_process_lora_with_one_held_out_item_finishes_and_writes_the_adapter
     cfg = load_adapter(model, out / "adapter")
     assert cfg.rank == 4
     mods = [m for m in model.modules() if isinstance(m, LoRALinear)]
-    assert len(mods) == 2 * 7 and all(m.lora_A.shape[0] == 4 for m in mods)
-    assert any(m.lora_B.abs().sum() > 0 for m in mods)  # trained: B starts at zero
+    pairs = [(A, m.lora_B[name]) for m in mods for name, A in m.lora_A.items()]  # one per HF linear
+    assert len(mods) == 2 * 4 and len(pairs) == 2 * 7 and all(A.shape[0] == 4 for A, _ in pairs)
+    assert any(B.abs().sum() > 0 for _, B in pairs)  # trained: B starts at zero
 
     # base + adapter equals the merged export, and its loss on the held-out item is the logged one
     row = pretrain_rows([str(held)], tok, 32)
