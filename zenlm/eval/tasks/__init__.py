@@ -1,0 +1,19 @@
+"""The task registry: `zen eval` names -> task classes (each keeps the contract in zenlm/eval/task.py)."""
+
+from __future__ import annotations
+
+from zenlm.eval.tasks.humaneval import HumanEval
+from zenlm.eval.tasks.mbpp import MBPP
+
+TASKS: dict[str, type] = {
+    "humaneval": HumanEval,
+    "mbpp": MBPP,
+    # "gsm8k": GSM8K,  (zenlm/eval/tasks/gsm8k.py)
+}
+
+
+def get_task(name: str):
+    """A fresh task object for a registered name."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}: choose from {', '.join(sorted(TASKS))}")
+    return TASKS[name]()
