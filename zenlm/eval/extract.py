@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import re
+import warnings
 
 # Where a base model's continuation of a HumanEval prompt stops being the function body.
 HUMANEVAL_STOPS = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\n```", "\nassert "]
@@ -19,6 +20,12 @@ MBPP_STOPS = ["\nif __name__", "\nprint(", "\n```", "\nassert ", '\n"""']
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:^[ \t]*```|\Z)", re.DOTALL | re.MULTILINE)
 _PY_TAGS = {"", "python", "py", "python3", "py3"}
 _CODE_START = re.compile(r"^(def |async def |class |import |from \S+ import |@)")
+
+
+def _parse(code: str) -> ast.Module:
+    with warnings.catch_warnings():  # model code full of invalid escapes is still code
+        warnings.simplefilter("ignore")
+        return ast.parse(code)
 
 
 def cut_at_stops(text: str, stops: list[str]) -> str:
@@ -57,7 +64,7 @@ def _unfenced(answer: str) -> str:
     for end in range(len(lines), start, -1):
         chunk = "\n".join(lines[start:end])
         try:
-            ast.parse(chunk)
+            _parse(chunk)
         except SyntaxError:
             continue
         return chunk.rstrip() + "\n"
@@ -69,7 +76,7 @@ def sanitize(code: str) -> str:
 
     Code that does not parse comes back unchanged (it fails in the sandbox, which reports why)."""
     try:
-        tree = ast.parse(code)
+        tree = _parse(code)
     except SyntaxError:
         return code
     keep = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign,

@@ -144,7 +144,7 @@ class ProcessSandbox:
             work = os.path.join(base, "work")
             os.mkdir(work, 0o700)
             path = os.path.join(work, "program.py")
-            with open(path, "w", encoding="utf-8") as f:
+            with open(path, "w", encoding="utf-8", errors="replace") as f:
                 f.write(program)
             if uid is not None:
                 os.chown(work, uid, uid)
