@@ -104,7 +104,7 @@ class GSM8K:
 
     @staticmethod
     def _completion(question: str, shots) -> str:
-        context = "".join(f"Question: {q}\nAnswer: {solution}\nThe answer is {gold}.\n\n" for q, solution, gold in shots)
+        context = "".join(f"Question: {q}\nAnswer: {sol}\nThe answer is {gold}.\n\n" for q, sol, gold in shots)
         return f"{context}Question: {question}\nAnswer:"
 
     def score(self, sample: Sample, output: str) -> tuple[str, bool]:
