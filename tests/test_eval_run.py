@@ -60,7 +60,8 @@ def test_run_writes_results_and_samples(tmp_path):
     assert "| gsm8k | accuracy | 70.0 |" in table({"gsm8k": res})
 
     again = Fake()  # everything is on disk: nothing is asked again, the numbers stay
-    assert run(["gsm8k"], again, tmp_path, limit=10, progress=False)["gsm8k"]["correct"] == k and again.asked == []
+    assert run(["gsm8k"], again, tmp_path, limit=10, max_tokens=64, progress=False)["gsm8k"] == res
+    assert again.asked == []
     more = Fake()  # a larger --limit asks only the new samples
     assert run(["gsm8k"], more, tmp_path, limit=12, progress=False)["gsm8k"]["n"] == 12
     assert sorted(more.asked) == ["gsm8k/10", "gsm8k/11"]
@@ -135,14 +136,14 @@ def test_real_gsm8k_in_process(gguf_path, tmp_path):
 
     backend = EngineBackend("default", "int4")
     assert backend.default_mode() == "chat"  # the GGUF says Instruct
-    res = run(["gsm8k"], backend, tmp_path, limit=3, max_tokens=96, progress=False)["gsm8k"]
+    res = run(["gsm8k"], backend, tmp_path, limit=3, max_tokens=64, progress=False)["gsm8k"]
     assert res["n"] == 3 and res["mode"] == "chat" and res["dtype"] == "int4"
     rows = {r["id"]: r for r in read_samples(tmp_path / "samples.jsonl")}
     samples = TASKS["gsm8k"]().samples("chat")[:3]
     # the same greedy requests through LLM.generate (all at once too) give the same text
     llm = backend.llm
     ref = llm.generate([llm.chat_ids(s.prompt) for s in samples],
-                       SamplingParams(max_tokens=96, temperature=0.0, repetition_penalty=1.0))
+                       SamplingParams(max_tokens=64, temperature=0.0, repetition_penalty=1.0))
     for s, c in zip(samples, ref):
         assert rows[s.id]["output"] == c.text and len(c.text) > 20
         assert (rows[s.id]["answer"], rows[s.id]["correct"]) == TASKS["gsm8k"]().score(s, c.text)
@@ -174,6 +175,7 @@ def test_real_gsm8k_against_zen_serve(gguf_path, tmp_path):
         assert sorted(r["id"] for r in rows) == ["gsm8k/0", "gsm8k/1"] and all(len(r["output"]) > 20 for r in rows)
         again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # resumes: nothing left to ask
         assert again.returncode == 0 and len(read_samples(out / "samples.jsonl")) == 2
+        assert json.loads((out / "results.json").read_text())["gsm8k"] == res  # seconds too: nothing was asked
     finally:
         proc.terminate()
         proc.wait(timeout=30)

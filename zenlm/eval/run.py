@@ -94,20 +94,24 @@ def run(task_names: list[str], backend: Backend, output: str | Path, limit: int 
         task: Task = TASKS[name]()
         samples = task.samples(chosen, num_shots)[:limit]
         t0 = time.perf_counter()
-        rows = _answer(task, samples, backend, samples_path, max_tokens, progress, score_workers)
+        rows, asked = _answer(task, samples, backend, samples_path, max_tokens, progress, score_workers)
+        seconds = time.perf_counter() - t0
+        if not asked and name in results and results[name].get("n") == len(rows):  # all resumed: keep its time
+            seconds = results[name]["seconds"]
         n = len(rows)
         p = sum(r["correct"] for r in rows) / n if n else 0.0
         results[name] = {"metric": task.metric, "value": p, "stderr": stderr(p, n), "n": n,
                          "correct": sum(r["correct"] for r in rows), "model": backend.model, "dtype": backend.dtype,
                          "mode": chosen, "num_shots": num_shots, "max_tokens": max_tokens,
-                         "seconds": round(time.perf_counter() - t0, 2)}
+                         "seconds": round(seconds, 2)}
         results_path.write_text(json.dumps(results, indent=2) + "\n")
     return {name: results[name] for name in task_names}
 
 
 def _answer(task: Task, samples: list[Sample], backend: Backend, path: Path, max_tokens: int, progress: bool,
-            workers: int) -> list[dict]:
-    """This task's rows for `samples`: those samples.jsonl already holds, then the rest, asked and scored."""
+            workers: int) -> tuple[list[dict], int]:
+    """This task's rows for `samples` (those samples.jsonl already holds, then the rest, asked and scored)
+    and how many were asked."""
     prompts = {s.id: s.prompt for s in samples}
     done: dict[str, dict] = {}
     for row in read_samples(path):
@@ -145,7 +149,7 @@ def _answer(task: Task, samples: list[Sample], backend: Backend, path: Path, max
         bar.close()
     missing = [s.id for s in samples if s.id not in done]
     assert not missing, f"the backend gave no answer for {missing[:3]}"
-    return [done[s.id] for s in samples]
+    return [done[s.id] for s in samples], len(todo)
 
 
 def table(results: dict[str, dict]) -> str:
