@@ -55,6 +55,7 @@ def test_run_writes_results_and_samples(tmp_path):
     row = next(r for r in rows if r["id"] == "gsm8k/0")
     assert row["answer"] == "18" and row["correct"] is True and row["output"].endswith("\\boxed{18}.")
     assert row["prompt"][0]["role"] == "user" and row["task"] == "gsm8k"
+    assert (row["model"], row["dtype"], row["max_tokens"]) == ("fake-model", "none", 64)
     assert next(r for r in rows if r["id"] == "gsm8k/1")["answer"] == "7"
     assert summary({"gsm8k": res}) == {"gsm8k": {"accuracy": 0.7}}
     assert "| gsm8k | accuracy | 70.0 |" in table({"gsm8k": res})
@@ -63,7 +64,7 @@ def test_run_writes_results_and_samples(tmp_path):
     assert run(["gsm8k"], again, tmp_path, limit=10, max_tokens=64, progress=False)["gsm8k"] == res
     assert again.asked == []
     more = Fake()  # a larger --limit asks only the new samples
-    assert run(["gsm8k"], more, tmp_path, limit=12, progress=False)["gsm8k"]["n"] == 12
+    assert run(["gsm8k"], more, tmp_path, limit=12, max_tokens=64, progress=False)["gsm8k"]["n"] == 12
     assert sorted(more.asked) == ["gsm8k/10", "gsm8k/11"]
 
 
@@ -91,6 +92,12 @@ def test_run_refuses_mixed_prompts_and_bad_input(tmp_path):
     run(["gsm8k"], Fake(), tmp_path, limit=2, progress=False)
     with pytest.raises(ValueError, match="another prompt"):
         run(["gsm8k"], Fake(mode="completion"), tmp_path, limit=2, progress=False)
+    with pytest.raises(ValueError, match="asked with max_tokens 512, not 64"):
+        run(["gsm8k"], Fake(), tmp_path, limit=2, max_tokens=64, progress=False)
+    other = Fake()
+    other.model = "another-model"
+    with pytest.raises(ValueError, match="asked with model 'fake-model', not 'another-model'"):
+        run(["gsm8k"], other, tmp_path, limit=2, progress=False)
     with pytest.raises(ValueError, match="--limit must be at least 1"):
         run(["gsm8k"], Fake(), tmp_path, limit=0)
     with pytest.raises(ValueError, match="unknown mode"):

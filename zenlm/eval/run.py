@@ -113,12 +113,17 @@ def _answer(task: Task, samples: list[Sample], backend: Backend, path: Path, max
     """This task's rows for `samples` (those samples.jsonl already holds, then the rest, asked and scored)
     and how many were asked."""
     prompts = {s.id: s.prompt for s in samples}
+    settings = {"model": backend.model, "dtype": backend.dtype, "max_tokens": max_tokens}
     done: dict[str, dict] = {}
     for row in read_samples(path):
         if row.get("task") == task.name and row.get("id") in prompts:
             if row.get("prompt") != prompts[row["id"]]:
                 raise ValueError(f"{path} holds {row['id']} asked with another prompt (other --mode or "
                                  "--num-shots?); give a fresh --output")
+            for key, value in settings.items():
+                if row.get(key, value) != value:
+                    raise ValueError(f"{path} holds {row['id']} asked with {key} {row[key]!r}, not {value!r}; "
+                                     "give a fresh --output")
             done[row["id"]] = row
     todo = [s for s in samples if s.id not in done]
     if done:
@@ -132,7 +137,7 @@ def _answer(task: Task, samples: list[Sample], backend: Backend, path: Path, max
     def score(s: Sample, text: str) -> dict:
         answer, correct = task.score(s, text)
         row = {"task": task.name, "id": s.id, "prompt": s.prompt, "output": text, "answer": answer,
-               "correct": bool(correct)}
+               "correct": bool(correct)} | settings
         ledger.write(row)
         with ledger.lock:
             bar.update(1)
