@@ -114,6 +114,7 @@ def test_run_refuses_mixed_prompts_and_bad_input(tmp_path):
     (["eval", "gsm8k", "--limit", "ten"], "--limit must be a whole number, got 'ten'"),
     (["eval", "gsm8k", "--num-shots", "-2"], "--num-shots must be at least 0, got -2"),
     (["eval", "gsm8k", "--max-tokens", "0"], "--max-tokens must be at least 1, got 0"),
+    (["eval", "gsm8k", "--max-num-seqs", "0"], "--max-num-seqs must be at least 1, got 0"),
     (["eval", "gsm8k", "--base-url", "localhost:8000"], "--base-url must start with http://"),
     (["eval", "gsm8k", "--base-url", "http://127.0.0.1:9", "--concurrency", "0"], "--concurrency must be at least 1"),
     (["eval", "gsm8k", "--base-url", "http://127.0.0.1:9"], "cannot reach http://127.0.0.1:9/v1/models"),

@@ -184,7 +184,8 @@ def cmd_eval(args) -> int:
     else:
         from zenlm.eval.backends import EngineBackend
 
-        backend = EngineBackend(args.model or "default", args.dtype, args.device, progress=sys.stderr.isatty())
+        backend = EngineBackend(args.model or "default", args.dtype, args.device, progress=sys.stderr.isatty(),
+                                max_num_seqs=_count("--max-num-seqs", args.max_num_seqs, 1))
     results = run(tasks, backend, args.output, limit, shots, max_tokens, args.mode,
                   progress=not args.no_progress)
     print(table(results))
@@ -216,6 +217,7 @@ def _add_eval(sub) -> None:
     v.add_argument("--base-url", default=None, help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     v.add_argument("--api-key", default=None, help="for --base-url (default: $OPENAI_API_KEY)")
     v.add_argument("--concurrency", type=int, default=4, help="requests in flight with --base-url")
+    v.add_argument("--max-num-seqs", default="16", help="sequences the in-process engine decodes together")
     v.add_argument("--limit", default=None, help="only the first N samples of each task")
     v.add_argument("--num-shots", default=None, help="few-shot examples (default: the task's own)")
     v.add_argument("--max-tokens", default="512")

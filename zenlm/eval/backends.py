@@ -37,10 +37,15 @@ class Backend(Protocol):
 class EngineBackend:
     """zenlm's own engine in this process: all requests queued at once, stepped until done."""
 
-    def __init__(self, model: str = "default", dtype: str = "int4", device: str = "cpu", progress: bool = False):
+    def __init__(self, model: str = "default", dtype: str = "int4", device: str = "cpu", progress: bool = False,
+                 max_num_seqs: int = 16):
+        from zenlm.engine.engine import EngineConfig
         from zenlm.engine.llm import LLM
 
-        self.llm = LLM(model, dtype=dtype, device=device, progress=progress)
+        if max_num_seqs < 1:
+            raise ValueError(f"--max-num-seqs must be at least 1, got {max_num_seqs}")
+        self.llm = LLM(model, dtype=dtype, device=device, progress=progress,
+                       engine=EngineConfig(max_num_seqs=max_num_seqs))
         self.model, self.dtype = model if model != "default" else self.llm.path.name, dtype
 
     def default_mode(self) -> Mode:
