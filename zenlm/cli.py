@@ -1,4 +1,4 @@
-"""`zen <command>`: generate, chat, serve, bench, info, train, estimate.
+"""`zen <command>`: generate, chat, serve, bench, info, train, estimate, eval.
 
 One small function per command; heavy imports inside it.
 
@@ -168,6 +168,68 @@ def cmd_estimate(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    import os
+
+    from zenlm.eval.run import parse_tasks, run, summary, table
+
+    tasks = parse_tasks(args.tasks)  # bad input fails before a model loads
+    limit, shots = _count("--limit", args.limit, 1), _count("--num-shots", args.num_shots, 0)
+    max_tokens = _count("--max-tokens", args.max_tokens, 1)
+    if args.base_url:
+        from zenlm.eval.backends import OpenAIBackend
+
+        backend = OpenAIBackend(args.base_url, args.model, args.api_key or os.environ.get("OPENAI_API_KEY"),
+                                args.concurrency)
+    else:
+        from zenlm.eval.backends import EngineBackend
+
+        backend = EngineBackend(args.model or "default", args.dtype, args.device, progress=sys.stderr.isatty(),
+                                max_num_seqs=_count("--max-num-seqs", args.max_num_seqs, 1))
+    results = run(tasks, backend, args.output, limit, shots, max_tokens, args.mode,
+                  progress=not args.no_progress)
+    print(table(results))
+    if args.json:
+        print(json.dumps(summary(results)))
+    return 0
+
+
+def _count(flag: str, value: str | None, least: int) -> int | None:
+    """A whole-number flag, read here so bad input is one line and exit 1 (argparse would exit 2)."""
+    if value is None:
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"{flag} must be a whole number, got {value!r}") from None
+    if n < least:
+        raise ValueError(f"{flag} must be at least {least}, got {n}")
+    return n
+
+
+def _add_eval(sub) -> None:
+    v = sub.add_parser("eval", help="benchmarks (gsm8k, ...) in process or against an OpenAI-compatible server")
+    v.add_argument("tasks", help="comma-separated task names, e.g. gsm8k")
+    v.add_argument("--model", default=None, help="'default', a .gguf file or an HF directory; with --base-url "
+                                                  "the served model id (default: the first /v1/models lists)")
+    v.add_argument("--dtype", default="int4", choices=["float32", "bfloat16", "int8", "int4"])
+    v.add_argument("--device", default="cpu")
+    v.add_argument("--base-url", default=None, help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    v.add_argument("--api-key", default=None, help="for --base-url (default: $OPENAI_API_KEY)")
+    v.add_argument("--concurrency", type=int, default=4, help="requests in flight with --base-url")
+    v.add_argument("--max-num-seqs", default="16", help="sequences the in-process engine decodes together")
+    v.add_argument("--limit", default=None, help="only the first N samples of each task")
+    v.add_argument("--num-shots", default=None, help="few-shot examples (default: the task's own)")
+    v.add_argument("--max-tokens", default="512")
+    v.add_argument("--mode", default="auto", choices=["auto", "chat", "completion"],
+                   help="chat template (instruct models) or raw completion (base models); auto: from the model")
+    v.add_argument("--output", default="eval-results", help="results.json and samples.jsonl go here; "
+                                                            "a rerun resumes from samples.jsonl")
+    v.add_argument("--json", action="store_true", help="the last stdout line: {TASK: {METRIC: value}}")
+    v.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    v.set_defaults(func=cmd_eval)
+
+
 def _add_train(sub) -> None:
     t = sub.add_parser("train", help="pretrain, SFT or DPO (LoRA/QLoRA; torchrun for many processes)")
     t.add_argument("task", choices=["pretrain", "sft", "dpo"])
@@ -273,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which kernels run here (avx512-vnni, avx2, plain C or torch ops), compiler, torch, threads")
     i.set_defaults(func=cmd_info)
     _add_train(sub)
+    _add_eval(sub)
     return parser
 
 

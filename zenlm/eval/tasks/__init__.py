@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
+from zenlm.eval.tasks.gsm8k import GSM8K
 from zenlm.eval.tasks.humaneval import HumanEval
 from zenlm.eval.tasks.mbpp import MBPP
 
-TASKS: dict[str, type] = {
-    "humaneval": HumanEval,
-    "mbpp": MBPP,
-    # "gsm8k": GSM8K,  (zenlm/eval/tasks/gsm8k.py)
-}
+TASKS: dict[str, type] = {"humaneval": HumanEval, "mbpp": MBPP, "gsm8k": GSM8K}
 
 
 def get_task(name: str):
