@@ -137,16 +137,23 @@ def test_cli_table_and_json(tmp_path, monkeypatch, capsys):
 
 # ---- the real default model --------------------------------------------------------------------------
 
-def test_real_gsm8k_in_process(gguf_path, tmp_path):
+def test_real_tasks_in_process(gguf_path, tmp_path):
     from zenlm.engine.sampling import SamplingParams
     from zenlm.eval.backends import EngineBackend
     from zenlm.eval.tasks import TASKS
 
     backend = EngineBackend("default", "int4")
     assert backend.default_mode() == "chat"  # the GGUF says Instruct
-    res = run(["gsm8k"], backend, tmp_path, limit=3, max_tokens=64, progress=False)["gsm8k"]
+    every = run(["gsm8k", "humaneval", "mbpp"], backend, tmp_path, limit=3, max_tokens=64, progress=False)
+    res = every["gsm8k"]
     assert res["n"] == 3 and res["mode"] == "chat" and res["dtype"] == "int4"
     rows = {r["id"]: r for r in read_samples(tmp_path / "samples.jsonl")}
+    for name in ("humaneval", "mbpp"):  # model-written code, run in the sandbox and scored again here
+        task = TASKS[name]()
+        assert every[name]["n"] == 3 and every[name]["metric"] == "pass@1"
+        for s in task.samples("chat")[:3]:
+            assert rows[s.id]["task"] == name and (rows[s.id]["answer"], rows[s.id]["correct"]) == \
+                task.score(s, rows[s.id]["output"])
     samples = TASKS["gsm8k"]().samples("chat")[:3]
     # the same greedy requests through LLM.generate (all at once too) give the same text
     llm = backend.llm
@@ -155,10 +162,10 @@ def test_real_gsm8k_in_process(gguf_path, tmp_path):
     for s, c in zip(samples, ref):
         assert rows[s.id]["output"] == c.text and len(c.text) > 20
         assert (rows[s.id]["answer"], rows[s.id]["correct"]) == TASKS["gsm8k"]().score(s, c.text)
-    assert res["correct"] == sum(r["correct"] for r in rows.values())
+    assert res["correct"] == sum(r["correct"] for r in rows.values() if r["task"] == "gsm8k")
 
 
-def test_real_gsm8k_against_zen_serve(gguf_path, tmp_path):
+def test_real_tasks_against_zen_serve(gguf_path, tmp_path):
     log = tmp_path / "serve.txt"
     with open(log, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "zenlm", "serve", "--model", str(gguf_path), "--dtype", "int4",
@@ -171,18 +178,20 @@ def test_real_gsm8k_against_zen_serve(gguf_path, tmp_path):
             url = m.group(1) if m else time.sleep(0.2)
         assert url, log.read_text()
         out = tmp_path / "out"
-        cmd = [sys.executable, "-m", "zenlm", "eval", "gsm8k", "--base-url", url, "--limit", "2", "--max-tokens",
-               "64", "--output", str(out), "--json", "--concurrency", "2"]
+        cmd = [sys.executable, "-m", "zenlm", "eval", "gsm8k,humaneval", "--base-url", url, "--limit", "2",
+               "--max-tokens", "64", "--output", str(out), "--json", "--concurrency", "2"]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr
         last = json.loads(done.stdout.strip().splitlines()[-1])
         res = json.loads((out / "results.json").read_text())["gsm8k"]
-        assert last == {"gsm8k": {"accuracy": res["value"]}}
+        he = json.loads((out / "results.json").read_text())["humaneval"]
+        assert last == {"gsm8k": {"accuracy": res["value"]}, "humaneval": {"pass@1": he["value"]}} and he["n"] == 2
         assert (res["n"], res["model"], res["dtype"], res["mode"]) == (2, "zen-test", "server", "chat")
         rows = read_samples(out / "samples.jsonl")
-        assert sorted(r["id"] for r in rows) == ["gsm8k/0", "gsm8k/1"] and all(len(r["output"]) > 20 for r in rows)
+        assert sorted(r["id"] for r in rows) == ["HumanEval/0", "HumanEval/1", "gsm8k/0", "gsm8k/1"]
+        assert all(len(r["output"]) > 20 for r in rows)
         again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # resumes: nothing left to ask
-        assert again.returncode == 0 and len(read_samples(out / "samples.jsonl")) == 2
+        assert again.returncode == 0 and len(read_samples(out / "samples.jsonl")) == 4
         assert json.loads((out / "results.json").read_text())["gsm8k"] == res  # seconds too: nothing was asked
     finally:
         proc.terminate()
