@@ -37,6 +37,14 @@ def test_unterminated_block_counts():
     assert extract_code("```python\ndef f():\n    return 1\n", "f") == "def f():\n    return 1\n"
 
 
+def test_malformed_fences_small_models_write():
+    """Seen from the default model on HumanEval: the tag on its own line, and a stray empty fence first."""
+    tag_line = "```\npython\ndef f(x):\n    return x + 1\n```"
+    assert extract_code(tag_line, "f") == "def f(x):\n    return x + 1\n"
+    stray = "```\n```\npython\nfrom typing import List\n\n\ndef f(xs: List[int]) -> int:\n    return len(xs)\n```"
+    assert extract_code(stray, "f") == "from typing import List\n\n\ndef f(xs: List[int]) -> int:\n    return len(xs)\n"
+
+
 def test_unfenced_code_with_prose_around():
     answer = "Here is my solution.\ndef f(x):\n    return x * 3\n\nThis triples x, as asked."
     assert extract_code(answer, "f") == "def f(x):\n    return x * 3\n"

@@ -19,6 +19,7 @@ MBPP_STOPS = ["\nif __name__", "\nprint(", "\n```", "\nassert ", '\n"""']
 
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:^[ \t]*```|\Z)", re.DOTALL | re.MULTILINE)
 _PY_TAGS = {"", "python", "py", "python3", "py3"}
+_FENCE_LINE = re.compile(r"^[ \t]*```[^\n]*(\n|\Z)", re.MULTILINE)
 _CODE_START = re.compile(r"^(def |async def |class |import |from \S+ import |@)")
 
 
@@ -44,8 +45,17 @@ def defines(code: str, name: str) -> bool:
 
 
 def extract_code(answer: str, entry_point: str | None = None) -> str:
-    """The program in a chat answer: the right fenced block, else the code part of unfenced text."""
-    blocks = [code for tag, code in code_blocks(answer) if tag in _PY_TAGS]
+    """The program in a chat answer: the right fenced block, else the code part of unfenced text.
+
+    Malformed fences seen from small models are tolerated: the language tag on its own line after the
+    fence ("```\npython\n"), and stray empty fences: when no block defines the entry point, the answer
+    with its fence lines removed is a candidate too."""
+    blocks = [_drop_tag_line(code) for tag, code in code_blocks(answer) if tag in _PY_TAGS]
+    blocks = [b for b in blocks if b.strip()]
+    if entry_point and not any(defines(b, entry_point) for b in blocks):
+        bare = _unfenced(_FENCE_LINE.sub("", answer))
+        if defines(bare, entry_point):
+            blocks.append(bare)
     if blocks:
         if entry_point:
             with_entry = [b for b in blocks if defines(b, entry_point)]
@@ -53,6 +63,12 @@ def extract_code(answer: str, entry_point: str | None = None) -> str:
                 return max(with_entry, key=len)
         return max(blocks, key=len)
     return _unfenced(answer)
+
+
+def _drop_tag_line(code: str) -> str:
+    """A block whose first line is only a language tag ("python") without it."""
+    first, _, rest = code.partition("\n")
+    return rest if first.strip().lower() in _PY_TAGS - {""} else code
 
 
 def _unfenced(answer: str) -> str:
