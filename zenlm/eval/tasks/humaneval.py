@@ -41,8 +41,10 @@ def problems() -> list[dict]:
     return sorted(found.values(), key=lambda p: int(p["task_id"].split("/")[1]))
 
 
-class HumanEval:
-    name = "humaneval"
+class CodeTask:
+    """What the code tasks share: pass@1, and the sandbox (default: this machine's strongest) that
+    runs each answer with its timeout."""
+
     metric = "pass@1"
 
     def __init__(self, sandbox: Sandbox | None = None, timeout: float = 10.0):
@@ -50,6 +52,17 @@ class HumanEval:
             raise ValueError("timeout must be positive")
         self.sandbox = sandbox
         self.timeout = timeout
+
+    def run(self, sample: Sample, program: str) -> bool:
+        """Whether the program passes; RuntimeError when the sandbox itself fails (never a silent 0)."""
+        result = (self.sandbox or default_sandbox()).run(program, self.timeout)
+        if result.status == "error":
+            raise RuntimeError(f"{sample.id}: the code sandbox failed: {result.detail}")
+        return result.passed
+
+
+class HumanEval(CodeTask):
+    name = "humaneval"
 
     def samples(self, mode: Mode, num_shots: int | None = None) -> list[Sample]:
         check_modes(mode, num_shots)
@@ -72,8 +85,4 @@ class HumanEval:
     def score(self, sample: Sample, output: str) -> tuple[str, bool]:
         ref = sample.reference
         solution = self.solution(sample, output or "")
-        result = (self.sandbox or default_sandbox()).run(program(solution, ref["test"], ref["entry_point"]),
-                                                         self.timeout)
-        if result.status == "error":
-            raise RuntimeError(f"{sample.id}: the code sandbox failed: {result.detail}")
-        return solution, result.passed
+        return solution, self.run(sample, program(solution, ref["test"], ref["entry_point"]))

@@ -12,9 +12,8 @@ import re
 from importlib import resources
 
 from zenlm.eval.extract import MBPP_STOPS, cut_at_stops, extract_code, sanitize
-from zenlm.eval.sandbox import Sandbox, default_sandbox
 from zenlm.eval.task import Mode, Sample
-from zenlm.eval.tasks.humaneval import chat_messages, check_modes
+from zenlm.eval.tasks.humaneval import CodeTask, chat_messages, check_modes
 
 SHOWN_TESTS = 3  # asserts shown in the prompt; all of them are run
 
@@ -45,15 +44,8 @@ def program(solution: str, problem: dict) -> str:
     return f"{imports}\n{solution}\n\n" + "\n".join(problem["test_list"]) + "\n"
 
 
-class MBPP:
+class MBPP(CodeTask):
     name = "mbpp"
-    metric = "pass@1"
-
-    def __init__(self, sandbox: Sandbox | None = None, timeout: float = 10.0):
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
-        self.sandbox = sandbox
-        self.timeout = timeout
 
     def samples(self, mode: Mode, num_shots: int | None = None) -> list[Sample]:
         check_modes(mode, num_shots)
@@ -76,7 +68,4 @@ class MBPP:
 
     def score(self, sample: Sample, output: str) -> tuple[str, bool]:
         solution = self.solution(sample, output or "")
-        result = (self.sandbox or default_sandbox()).run(program(solution, sample.reference), self.timeout)
-        if result.status == "error":
-            raise RuntimeError(f"{sample.id}: the code sandbox failed: {result.detail}")
-        return solution, result.passed
+        return solution, self.run(sample, program(solution, sample.reference))
