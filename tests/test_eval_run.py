@@ -2,13 +2,12 @@
 the CLI's errors, and real GSM8K runs on the default model, in process and against a real `zen serve`."""
 
 import json
-import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+import serve_process
 
 from zenlm import cli
 from zenlm.eval.run import read_samples, run, stderr, summary, table
@@ -166,17 +165,9 @@ def test_real_tasks_in_process(gguf_path, tmp_path):
 
 
 def test_real_tasks_against_zen_serve(gguf_path, tmp_path):
-    log = tmp_path / "serve.txt"
-    with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "zenlm", "serve", "--model", str(gguf_path), "--dtype", "int4",
-                                 "--port", "0", "--served-model-name", "zen-test"],
-                                stdout=subprocess.DEVNULL, stderr=err)
+    proc, url = serve_process.start(["--model", str(gguf_path), "--dtype", "int4", "--served-model-name",
+                                     "zen-test"], tmp_path / "serve.txt")
     try:
-        url, deadline = None, time.time() + 300
-        while url is None and time.time() < deadline and proc.poll() is None:
-            m = re.search(r"on (http://127\.0\.0\.1:\d+)/v1", log.read_text())
-            url = m.group(1) if m else time.sleep(0.2)
-        assert url, log.read_text()
         out = tmp_path / "out"
         cmd = [sys.executable, "-m", "zenlm", "eval", "gsm8k,humaneval", "--base-url", url, "--limit", "2",
                "--max-tokens", "64", "--output", str(out), "--json", "--concurrency", "2"]

@@ -4,13 +4,12 @@ the `zen serve` flags that set them (one real process)."""
 
 import asyncio
 import os
-import re
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
+import serve_process
 import tiny_server
 
 from zenlm.server.app import key_matches
@@ -225,17 +224,9 @@ def test_token_id_prompts_out_of_the_vocabulary_get_400(url, prompt, bad):
 @pytest.mark.slow  # starts processes
 def test_zen_serve_flags(llm, tmp_path):
     env = {**os.environ, "ZEN_ALLOWED_ORIGINS": EVIL}  # the flag wins over the env var
-    log = tmp_path / "stderr.txt"
-    with open(log, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "zenlm", "serve", "--model", str(llm.path), "--dtype",
-                                 "float32", "--port", "0", "--allowed-origins", "https://app.example",
-                                 "--max-body-bytes", "2048"], stdout=subprocess.DEVNULL, stderr=err, env=env)
+    proc, url = serve_process.start(["--model", str(llm.path), "--dtype", "float32", "--allowed-origins",
+                                     "https://app.example", "--max-body-bytes", "2048"], tmp_path / "stderr.txt", env)
     try:
-        url, deadline = None, time.time() + 300
-        while url is None and time.time() < deadline and proc.poll() is None:
-            m = re.search(r"on (http://127\.0\.0\.1:\d+)/v1", log.read_text())
-            url = m.group(1) if m else time.sleep(0.2)
-        assert url, log.read_text()
         r = httpx.options(url + "/v1/models", headers={"Origin": "https://app.example", **PREFLIGHT})
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
         assert httpx.options(url + "/v1/models", headers={"Origin": EVIL, **PREFLIGHT}).status_code == 403
