@@ -33,6 +33,10 @@ class Backend(Protocol):
         """Each sample's output text, as it finishes."""
         ...
 
+    def loglikelihoods(self, samples: list[Sample]) -> Iterator[tuple[Sample, list[float]]]:
+        """Each sample's log-probability of each of its continuations after its prompt (loglikelihood tasks)."""
+        ...
+
 
 class EngineBackend:
     """zenlm's own engine in this process: all requests queued at once, stepped until done."""

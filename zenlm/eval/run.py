@@ -3,7 +3,8 @@
 Under the output directory, samples.jsonl gets one line per sample as it is scored (task, id, prompt,
 raw output, extracted answer, correct), so an interrupted run resumes where it stopped: ids already
 there are not asked again. results.json holds per task the metric, its value, its binomial standard
-error, n, model, dtype, prompt format and seconds. Scoring (a sandbox, for code tasks) runs in a thread
+error, n, model, dtype, prompt format and seconds (and, for a task with several metrics, each one's value
+and standard error under "metrics"; the files a task's report wrote under "files"). Scoring (a sandbox, for code tasks) runs in a thread
 pool beside generation. It does not load models or talk HTTP itself: that is backends.py.
 """
 
@@ -19,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from zenlm.eval.backends import Backend
-from zenlm.eval.task import Mode, Sample, Task
+from zenlm.eval.task import Mode, Sample, Task, kind_of, metrics_of
 
 log = logging.getLogger("zenlm.eval")
 MODES = ("auto", "chat", "completion")
@@ -104,6 +105,14 @@ def run(task_names: list[str], backend: Backend, output: str | Path, limit: int 
                          "correct": sum(r["correct"] for r in rows), "model": backend.model, "dtype": backend.dtype,
                          "mode": chosen, "num_shots": num_shots, "max_tokens": max_tokens,
                          "seconds": round(seconds, 2)}
+        if len(metrics_of(task)) > 1:
+            results[name]["metrics"] = {}
+            for m in metrics_of(task):
+                k = sum(r["scores"][m] for r in rows)
+                results[name]["metrics"][m] = {"value": k / n if n else 0.0, "stderr": stderr(k / n if n else 0.0, n),
+                                               "correct": k}
+        if hasattr(task, "report"):
+            results[name]["files"] = [str(f) for f in task.report(rows, out)]
         results_path.write_text(json.dumps(results, indent=2) + "\n")
     return {name: results[name] for name in task_names}
 
@@ -134,10 +143,14 @@ def _answer(task: Task, samples: list[Sample], backend: Backend, path: Path, max
                disable=not progress, dynamic_ncols=True)
     ledger = _Ledger(path)
 
-    def score(s: Sample, text: str) -> dict:
-        answer, correct = task.score(s, text)
-        row = {"task": task.name, "id": s.id, "prompt": s.prompt, "output": text, "answer": answer,
-               "correct": bool(correct)} | settings
+    def score(s: Sample, output: str | list[float]) -> dict:
+        answer, correct = task.score(s, output)
+        row = {"task": task.name, "id": s.id, "prompt": s.prompt, "output": output, "answer": answer}
+        if isinstance(correct, dict):  # several metrics: the headline one is `correct`
+            row |= {"correct": bool(correct[task.metric]), "scores": {m: bool(v) for m, v in correct.items()}}
+        else:
+            row["correct"] = bool(correct)
+        row |= settings
         ledger.write(row)
         with ledger.lock:
             bar.update(1)
@@ -145,7 +158,13 @@ def _answer(task: Task, samples: list[Sample], backend: Backend, path: Path, max
 
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="zen-eval-score") as pool:
-            futures = [pool.submit(score, s, text) for s, text in backend.answers(todo, max_tokens)] if todo else []
+            if not todo:
+                answered = iter(())
+            elif kind_of(task) == "loglikelihood":
+                answered = backend.loglikelihoods(todo)
+            else:
+                answered = backend.answers(todo, max_tokens)
+            futures = [pool.submit(score, s, output) for s, output in answered]
             for f in futures:
                 row = f.result()
                 done[row["id"]] = row
@@ -162,11 +181,16 @@ def table(results: dict[str, dict]) -> str:
     lines = ["| task | metric | value (%) | ± stderr | n | model | dtype | mode | seconds |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        lines.append(f"| {name} | {r['metric']} | {100 * r['value']:.1f} | {100 * r['stderr']:.1f} | {r['n']} | "
-                     f"{r['model']} | {r['dtype']} | {r['mode']} | {r['seconds']:.1f} |")
+        for metric, m in _metrics(r).items():
+            lines.append(f"| {name} | {metric} | {100 * m['value']:.1f} | {100 * m['stderr']:.1f} | {r['n']} | "
+                         f"{r['model']} | {r['dtype']} | {r['mode']} | {r['seconds']:.1f} |")
     return "\n".join(lines)
 
 
+def _metrics(r: dict) -> dict[str, dict]:
+    return r.get("metrics") or {r["metric"]: r}
+
+
 def summary(results: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """{TASK: {METRIC: value}}: what --json prints as the last line."""
-    return {name: {r["metric"]: r["value"]} for name, r in results.items()}
+    """{TASK: {METRIC: value, ...}}: what --json prints as the last line."""
+    return {name: {metric: m["value"] for metric, m in _metrics(r).items()} for name, r in results.items()}
