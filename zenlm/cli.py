@@ -187,11 +187,16 @@ def cmd_eval(args) -> int:
         backend = EngineBackend(args.model or "default", args.dtype, args.device, progress=sys.stderr.isatty(),
                                 max_num_seqs=_count("--max-num-seqs", args.max_num_seqs, 1))
     results = run(tasks, backend, args.output, limit, shots, max_tokens, args.mode,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, task_options=_task_options(args, backend))
     print(table(results))
     if args.json:
         print(json.dumps(summary(results)))
     return 0
+
+
+def _task_options(args, backend) -> dict[str, dict]:
+    """Each task's constructor arguments, from its own flags (and what the backend knows of the model)."""
+    return {}
 
 
 def _count(flag: str, value: str | None, least: int) -> int | None:
