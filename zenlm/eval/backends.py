@@ -134,7 +134,10 @@ class OpenAIBackend:
         return models[0]["id"]
 
     def _one(self, sample: Sample, max_tokens: int) -> str:
-        body = {"model": self.model, "max_tokens": max_tokens, "temperature": 0, "repetition_penalty": 1.0}
+        # Greedy with no repetition penalty under both names: vLLM's and zen serve's, and llama.cpp's (whose
+        # Python server penalizes repeats by 1.1 unless told otherwise).
+        body = {"model": self.model, "max_tokens": max_tokens, "temperature": 0, "repetition_penalty": 1.0,
+                "repeat_penalty": 1.0}
         if sample.stop:
             body["stop"] = sample.stop[:4]  # OpenAI allows four
         if isinstance(sample.prompt, list):
