@@ -26,7 +26,7 @@ from zenlm.eval.loglik import prefix_id, score, score_ids
 
 log = logging.getLogger("zenlm.eval")
 MAX_LENGTH = 4096  # a forward pass's logits are [tokens, vocab] floats: 2.5 GB at this length for Qwen
-GREEDY_DEFAULT_GEN_TOKS = 256  # lm-eval's own default max_gen_toks
+DEFAULT_GEN_TOKS = 256  # lm-eval's own default max_gen_toks
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed")
 
 
@@ -115,7 +115,7 @@ def sampling_params(kwargs: dict):
     kw = dict(kwargs or {})
     until = kw.pop("until", None) or []
     until = [until] if isinstance(until, str) else list(until)
-    max_tokens = _whole("max_gen_toks", kw.pop("max_gen_toks", GREEDY_DEFAULT_GEN_TOKS))
+    max_tokens = _whole("max_gen_toks", kw.pop("max_gen_toks", DEFAULT_GEN_TOKS))
     do_sample = kw.pop("do_sample", None)
     sample = bool(do_sample) if do_sample is not None else float(kw.get("temperature") or 0) > 0
     chosen = {k: kw.pop(k) for k in SAMPLING_KEYS if k in kw}
