@@ -1,4 +1,4 @@
-"""`zen <command>`: generate, chat, serve, bench, info, train, estimate, eval.
+"""`zen <command>`: generate, chat, serve, bench, info, train, estimate, eval, lm-eval.
 
 One small function per command; heavy imports inside it.
 
@@ -175,6 +175,10 @@ def cmd_eval(args) -> int:
 
     tasks = parse_tasks(args.tasks)  # bad input fails before a model loads
     limit, shots = _count("--limit", args.limit, 1), _count("--num-shots", args.num_shots, 0)
+    if "mc" in tasks:
+        from zenlm.eval.tasks.mc import MC
+
+        MC(**_mc_options(args))  # reads and checks the question files before a model loads
     max_tokens = _count("--max-tokens", args.max_tokens, 1)
     if args.base_url:
         from zenlm.eval.backends import OpenAIBackend
@@ -196,7 +200,26 @@ def cmd_eval(args) -> int:
 
 def _task_options(args, backend) -> dict[str, dict]:
     """Each task's constructor arguments, from its own flags (and what the backend knows of the model)."""
-    return {}
+    return {"mc": _mc_options(args)}
+
+
+def _mc_options(args) -> dict:
+    return {"data": args.data, "dev_data": args.dev_data}
+
+
+def cmd_lm_eval(args) -> int:
+    """lm-eval-harness's own command line with zenlm registered as its model "zenlm"."""
+    from lm_eval.__main__ import cli_evaluate
+
+    import zenlm.eval.harness  # noqa: F401 - registers "zenlm" with lm_eval's model registry
+
+    argv = sys.argv
+    sys.argv = ["lm-eval", *args.args]
+    try:
+        cli_evaluate()
+    finally:
+        sys.argv = argv
+    return 0
 
 
 def _count(flag: str, value: str | None, least: int) -> int | None:
@@ -230,6 +253,11 @@ def _add_eval(sub) -> None:
                    help="chat template (instruct models) or raw completion (base models); auto: from the model")
     v.add_argument("--output", default="eval-results", help="results.json and samples.jsonl go here; "
                                                             "a rerun resumes from samples.jsonl")
+    v.add_argument("--data", default=None, metavar="PATH",
+                   help="mc: the questions, a CSV (MMLU, C-Eval, CMMLU layouts) or JSONL file or a directory of them")
+    v.add_argument("--dev-data", default=None, metavar="PATH",
+                   help="mc: few-shot examples by subject (default: the first --num-shots of each subject in --data, "
+                        "then not scored)")
     v.add_argument("--json", action="store_true", help="the last stdout line: {TASK: {METRIC: value}}")
     v.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     v.set_defaults(func=cmd_eval)
@@ -341,11 +369,20 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
     _add_train(sub)
     _add_eval(sub)
+    le = sub.add_parser("lm-eval", add_help=False,
+                        help="lm-eval-harness's command line with zenlm as a model: zen lm-eval --model zenlm "
+                             "--model_args model=default,dtype=int4 --tasks ...")
+    le.add_argument("args", nargs=argparse.REMAINDER)
+    le.set_defaults(func=cmd_lm_eval)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["lm-eval"]:  # every argument is lm-eval's, flags included (argparse would claim them)
+        args = argparse.Namespace(func=cmd_lm_eval, args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, OSError) as e:

@@ -2,7 +2,10 @@
 work) or any OpenAI-compatible server (--base-url; a few concurrent requests through a thread pool).
 
 Both decode greedily (temperature 0, no repetition penalty) with the sample's stop strings and yield
-(sample, output text) as each answer finishes, in finishing order. Scoring and bookkeeping are the runner's.
+(sample, output text) as each answer finishes, in finishing order. For log-likelihood tasks both yield
+each continuation's log-probability after the prompt, split as lm-eval splits it (loglik.py): the engine
+scores the tokens itself; a server echoes the whole text with its tokens' logprobs and text offsets.
+Scoring and bookkeeping are the runner's.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Protocol
 
+from zenlm.eval.loglik import move_trailing_space, score
 from zenlm.eval.task import Mode, Sample
 
 log = logging.getLogger("zenlm.eval")
@@ -80,6 +84,18 @@ class EngineBackend:
         finally:
             for seq, _ in pending.values():
                 engine.abort(seq)  # an interrupted run frees its blocks
+
+    def loglikelihoods(self, samples: list[Sample]) -> Iterator[tuple[Sample, list[float]]]:
+        for s in samples:
+            context = _text_prompt(s)
+            yield s, [score(self.llm, context, c)[0] for c in s.continuations]
+
+
+def _text_prompt(sample: Sample) -> str:
+    """A log-likelihood sample's prompt, which must be raw text with continuations to score after it."""
+    if not isinstance(sample.prompt, str) or not sample.continuations:
+        raise ValueError(f"{sample.id}: a log-likelihood sample needs a text prompt and continuations")
+    return sample.prompt
 
 
 def is_instruct(path: Path, generation_config: dict) -> bool:
@@ -167,3 +183,36 @@ class OpenAIBackend:
             finally:
                 for f in running:
                     f.cancel()
+
+    def loglikelihoods(self, samples: list[Sample]) -> Iterator[tuple[Sample, list[float]]]:
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="zen-eval-http")
+        try:
+            yield from zip(samples, pool.map(self._scored, samples))
+        finally:
+            pool.shutdown(cancel_futures=True)  # an interrupted run asks nothing more
+
+    def _scored(self, sample: Sample) -> list[float]:
+        """All of a sample's continuations in one request: each whole text echoed with its tokens'
+        logprobs (max_tokens 1, logprobs 1, as lm-eval's local-completions asks); a continuation's
+        log-likelihood sums the tokens whose text_offset lies in it, the one generated token left out."""
+        pairs = [move_trailing_space(_text_prompt(sample), c) for c in sample.continuations]
+        wholes = [context + cont for context, cont in pairs]
+        body = {"model": self.model, "prompt": wholes, "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": 1}
+        choices = sorted(self._request("/completions", body)["choices"], key=lambda c: c["index"])
+        if len(choices) != len(wholes):
+            raise OSError(f"{self.base}/completions gave {len(choices)} choices for {len(wholes)} prompts")
+        return [_span_logprob(c, whole, len(context), sample.id)
+                for c, (context, _), whole in zip(choices, pairs, wholes)]
+
+
+def _span_logprob(choice: dict, whole: str, start: int, sample_id: str) -> float:
+    """The summed logprobs of an echoed choice's tokens whose text_offset lies in whole[start:]."""
+    text, lp = choice.get("text") or "", choice.get("logprobs") or {}
+    if not text.startswith(whole):
+        raise OSError(f"{sample_id}: the server's echo is not the text it was sent (echo unsupported, or a "
+                      "tokenizer that normalizes the text?)")
+    end = len(whole)
+    picked = [x for o, x in zip(lp.get("text_offset") or [], lp.get("token_logprobs") or []) if start <= o < end]
+    if not picked or any(x is None for x in picked):
+        raise OSError(f"{sample_id}: the server gave no logprobs for the continuation's tokens")
+    return float(sum(picked))

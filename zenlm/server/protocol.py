@@ -253,15 +253,17 @@ def chat_logprobs(tokenizer, entries: list[tuple[int, float, list[tuple[int, flo
 
 def completion_logprobs(tokenizer, entries: list[tuple[int, float | None, list[tuple[int, float]]]],
                         offset: int = 0) -> dict:
-    """The legacy completions shape: tokens, token_logprobs, top_logprobs, text_offset (parallel lists)."""
+    """The legacy completions shape: tokens, token_logprobs, top_logprobs, text_offset (parallel lists).
+    A token's text_offset is where its first byte falls in the decoded text, counted in whole characters
+    (a character split over several byte tokens is one character, not one U+FFFD per token)."""
     tokens, lps, tops, offsets = [], [], [], []
+    text = tokenizer.stream()
     for t, lp, top in entries:
-        text = tokenizer.decode([t])
-        tokens.append(text)
+        tokens.append(tokenizer.decode([t]))
         lps.append(lp)
         tops.append(None if lp is None else {tokenizer.decode([a]): alp for a, alp in top})
         offsets.append(offset)
-        offset += len(text)
+        offset += len(text.push(t))
     return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets}
 
 
