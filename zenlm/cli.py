@@ -176,6 +176,8 @@ def cmd_eval(args) -> int:
     tasks = parse_tasks(args.tasks)  # bad input fails before a model loads
     limit, shots = _count("--limit", args.limit, 1), _count("--num-shots", args.num_shots, 0)
     max_tokens = _count("--max-tokens", args.max_tokens, 1)
+    if "needle" in tasks:
+        _needle_options(args, None)  # bad needle flags fail before a model loads
     if args.base_url:
         from zenlm.eval.backends import OpenAIBackend
 
@@ -196,7 +198,24 @@ def cmd_eval(args) -> int:
 
 def _task_options(args, backend) -> dict[str, dict]:
     """Each task's constructor arguments, from its own flags (and what the backend knows of the model)."""
-    return {}
+    from zenlm.eval.run import parse_tasks
+
+    options = {}
+    if "needle" in parse_tasks(args.tasks):
+        options["needle"] = _needle_options(args, backend)
+    return options
+
+
+def _needle_options(args, backend) -> dict:
+    """--max-context and --depths checked; with a backend, the model's context and its token counter."""
+    from zenlm.eval.tasks.needle import lengths, parse_depths
+
+    max_context = _count("--max-context", args.max_context, 1)
+    lengths(None, max_context)  # the same one-line error the task gives
+    options = {"max_context": max_context, "depths": parse_depths(args.depths)}
+    if backend is not None:
+        options |= {"context_length": backend.context_length, "counter": backend.token_counter()}
+    return options
 
 
 def _count(flag: str, value: str | None, least: int) -> int | None:
@@ -230,6 +249,11 @@ def _add_eval(sub) -> None:
                    help="chat template (instruct models) or raw completion (base models); auto: from the model")
     v.add_argument("--output", default="eval-results", help="results.json and samples.jsonl go here; "
                                                             "a rerun resumes from samples.jsonl")
+    v.add_argument("--max-context", default="8192",
+                   help="needle: the longest context length tried, in tokens (default 8192, minutes on a CPU; "
+                        "the grid doubles from 1024 up to this or the model's context)")
+    v.add_argument("--depths", default="0,25,50,75,100", help="needle: where the needle goes, in percent of the "
+                                                               "document (default 0,25,50,75,100)")
     v.add_argument("--json", action="store_true", help="the last stdout line: {TASK: {METRIC: value}}")
     v.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     v.set_defaults(func=cmd_eval)
