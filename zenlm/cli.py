@@ -180,6 +180,8 @@ def cmd_eval(args) -> int:
 
         MC(**_mc_options(args))  # reads and checks the question files before a model loads
     max_tokens = _count("--max-tokens", args.max_tokens, 1)
+    if "needle" in tasks:
+        _needle_options(args, None)  # bad needle flags fail before a model loads
     if args.base_url:
         from zenlm.eval.backends import OpenAIBackend
 
@@ -200,7 +202,26 @@ def cmd_eval(args) -> int:
 
 def _task_options(args, backend) -> dict[str, dict]:
     """Each task's constructor arguments, from its own flags (and what the backend knows of the model)."""
-    return {"mc": _mc_options(args)}
+    from zenlm.eval.run import parse_tasks
+
+    tasks, options = parse_tasks(args.tasks), {}
+    if "mc" in tasks:
+        options["mc"] = _mc_options(args)
+    if "needle" in tasks:
+        options["needle"] = _needle_options(args, backend)
+    return options
+
+
+def _needle_options(args, backend) -> dict:
+    """--max-context and --depths checked; with a backend, the model's context and its token counter."""
+    from zenlm.eval.tasks.needle import lengths, parse_depths
+
+    max_context = _count("--max-context", args.max_context, 1)
+    lengths(None, max_context)  # the same one-line error the task gives
+    options = {"max_context": max_context, "depths": parse_depths(args.depths)}
+    if backend is not None:
+        options |= {"context_length": backend.context_length, "counter": backend.token_counter()}
+    return options
 
 
 def _mc_options(args) -> dict:
@@ -258,6 +279,11 @@ def _add_eval(sub) -> None:
     v.add_argument("--dev-data", default=None, metavar="PATH",
                    help="mc: few-shot examples by subject (default: the first --num-shots of each subject in --data, "
                         "then not scored)")
+    v.add_argument("--max-context", default="8192",
+                   help="needle: the longest context length tried, in tokens (default 8192, minutes on a CPU; "
+                        "the grid doubles from 1024 up to this or the model's context)")
+    v.add_argument("--depths", default="0,25,50,75,100", help="needle: where the needle goes, in percent of the "
+                                                               "document (default 0,25,50,75,100)")
     v.add_argument("--json", action="store_true", help="the last stdout line: {TASK: {METRIC: value}}")
     v.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     v.set_defaults(func=cmd_eval)

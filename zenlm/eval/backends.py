@@ -21,6 +21,7 @@ from typing import Protocol
 
 from zenlm.eval.loglik import move_trailing_space, score
 from zenlm.eval.task import Mode, Sample
+from zenlm.eval.tokens import TokenCounter, default_counter, tokenizer_counter
 
 log = logging.getLogger("zenlm.eval")
 
@@ -41,6 +42,9 @@ class Backend(Protocol):
         """Each sample's log-probability of each of its continuations after its prompt (loglikelihood tasks)."""
         ...
 
+    # For tasks sized in tokens (needle): context_length (the model's, None when unknown) and
+    # token_counter() -> TokenCounter (zenlm/eval/tokens.py).
+
 
 class EngineBackend:
     """zenlm's own engine in this process: all requests queued at once, stepped until done."""
@@ -55,6 +59,13 @@ class EngineBackend:
         self.llm = LLM(model, dtype=dtype, device=device, progress=progress,
                        engine=EngineConfig(max_num_seqs=max_num_seqs))
         self.model, self.dtype = model if model != "default" else self.llm.path.name, dtype
+
+    @property
+    def context_length(self) -> int:
+        return self.llm.config.context_length
+
+    def token_counter(self) -> TokenCounter:
+        return tokenizer_counter(self.llm.tokenizer, self.model)
 
     def default_mode(self) -> Mode:
         return "chat" if self.llm.tokenizer.chat_template and is_instruct(self.llm.path, self.llm.generation_config) \
@@ -124,6 +135,7 @@ class OpenAIBackend:
         if not self.base.endswith("/v1"):
             self.base += "/v1"
         self.api_key, self.concurrency, self.timeout, self.dtype = api_key, concurrency, timeout, "server"
+        self._cards: list[dict] | None = None
         self.model = model if model and model != "default" else self._first_model()
 
     def default_mode(self) -> Mode:
@@ -143,11 +155,33 @@ class OpenAIBackend:
         except urllib.error.URLError as e:
             raise OSError(f"cannot reach {self.base}{route}: {e.reason}") from None
 
+    def _models(self) -> list[dict]:
+        """What /v1/models lists (asked once)."""
+        if self._cards is None:
+            self._cards = self._request("/models").get("data") or []
+        return self._cards
+
     def _first_model(self) -> str:
-        models = self._request("/models").get("data") or []
+        models = self._models()
         if not models:
             raise ValueError(f"{self.base}/models lists no model; give --model")
         return models[0]["id"]
+
+    @property
+    def context_length(self) -> int | None:
+        """The served model's context as /v1/models says it (max_model_len: zen serve, vLLM), else None."""
+        try:
+            models = self._models()
+        except OSError:
+            return None
+        card = next((m for m in models if m.get("id") == self.model), {})
+        length = card.get("max_model_len")
+        return length if isinstance(length, int) and length > 0 else None
+
+    def token_counter(self) -> TokenCounter:
+        """The default model's tokenizer (Qwen2/2.5's, shared by the family) when installed, else an
+        approximation: the server's own tokenizer is not asked."""
+        return default_counter()
 
     def _one(self, sample: Sample, max_tokens: int) -> str:
         # Greedy with no repetition penalty under both names: vLLM's and zen serve's, and llama.cpp's (whose

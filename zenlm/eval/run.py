@@ -1,7 +1,7 @@
 """The runner: ask a backend every sample of each task, score the answers, keep the books.
 
 Under the output directory, samples.jsonl gets one line per sample as it is scored (task, id, prompt,
-raw output, extracted answer, correct), so an interrupted run resumes where it stopped: ids already
+raw output, extracted answer, correct, any meta), so an interrupted run resumes where it stopped: ids already
 there are not asked again. results.json holds per task the metric, its value, its binomial standard
 error, n, model, dtype, prompt format and seconds (and, for a task with several metrics, each one's value
 and standard error under "metrics"; the files a task's report wrote under "files"). Scoring (a sandbox,
@@ -148,6 +148,8 @@ def _answer(task: Task, samples: list[Sample], backend: Backend, path: Path, max
     def score(s: Sample, output: str | list[float]) -> dict:
         answer, correct = task.score(s, output)
         row = {"task": task.name, "id": s.id, "prompt": s.prompt, "output": output, "answer": answer}
+        if s.meta:  # what the task's report reads back (needle: length, depth)
+            row["meta"] = s.meta
         if isinstance(correct, dict):  # several metrics: the headline one is `correct`
             row |= {"correct": bool(correct[task.metric]), "scores": {m: bool(v) for m, v in correct.items()}}
         else:

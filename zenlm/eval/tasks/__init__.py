@@ -6,8 +6,9 @@ from zenlm.eval.tasks.gsm8k import GSM8K
 from zenlm.eval.tasks.humaneval import HumanEval
 from zenlm.eval.tasks.mbpp import MBPP
 from zenlm.eval.tasks.mc import MC
+from zenlm.eval.tasks.needle import Needle
 
-TASKS: dict[str, type] = {"humaneval": HumanEval, "mbpp": MBPP, "gsm8k": GSM8K, "mc": MC}
+TASKS: dict[str, type] = {"humaneval": HumanEval, "mbpp": MBPP, "gsm8k": GSM8K, "needle": Needle, "mc": MC}
 
 
 def get_task(name: str):
