@@ -4,8 +4,9 @@ Under the output directory, samples.jsonl gets one line per sample as it is scor
 raw output, extracted answer, correct), so an interrupted run resumes where it stopped: ids already
 there are not asked again. results.json holds per task the metric, its value, its binomial standard
 error, n, model, dtype, prompt format and seconds (and, for a task with several metrics, each one's value
-and standard error under "metrics"; the files a task's report wrote under "files"). Scoring (a sandbox, for code tasks) runs in a thread
-pool beside generation. It does not load models or talk HTTP itself: that is backends.py.
+and standard error under "metrics"; the files a task's report wrote under "files"). Scoring (a sandbox,
+for code tasks) runs in a thread pool beside generation. It does not load models or talk HTTP itself:
+that is backends.py.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ from __future__ import annotations
 from zenlm.eval.tasks.gsm8k import GSM8K
 from zenlm.eval.tasks.humaneval import HumanEval
 from zenlm.eval.tasks.mbpp import MBPP
+from zenlm.eval.tasks.tooluse import ToolUse
 
-TASKS: dict[str, type] = {"humaneval": HumanEval, "mbpp": MBPP, "gsm8k": GSM8K}
+TASKS: dict[str, type] = {"humaneval": HumanEval, "mbpp": MBPP, "gsm8k": GSM8K, "tooluse": ToolUse}
 
 
 def get_task(name: str):
