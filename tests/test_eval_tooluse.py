@@ -143,6 +143,9 @@ def test_wrong_function_name():
     ("set_timer", TIMER, {"duration_seconds": 300.0}, False),  # a float is not an integer (as BFCL)
     ("set_timer", TIMER, {"duration_seconds": "300"}, False),
     ("set_timer", TIMER, {"duration_seconds": 300, "label": "tea"}, False),  # unasked optional without a default
+    ("set_timer", TIMER, {"duration_seconds": 300, "label": ""}, True),  # an empty string leaves it out (BFCL)
+    ("search_flights", FLIGHT, {"origin": "CDG", "destination": "", "date": "2025-03-05", "nonstop_only": True},
+     False),  # ... but not a required one
     ("calculate_statistic", STATS, {"numbers": [1, 2.5, 3], "statistic": "median"}, True),
     ("calculate_statistic", STATS, {"numbers": [1.0, 2.5, 3], "statistic": "median"}, True),
     ("calculate_statistic", STATS, {"numbers": [3, 2.5, 1], "statistic": "median"}, False),  # order counts

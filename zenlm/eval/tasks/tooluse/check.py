@@ -7,7 +7,8 @@ was wanted). check: the same number of calls as expected, each expected call mat
 model call in any order: the exact function name, no unknown parameter, every parameter that may not
 be left out present, each value of the schema's type and equal to an accepted value (an integer where
 a number is asked for is fine; strings compared case-insensitively without spaces and ,./-_*^;
-enums exactly; arrays element by element).
+enums exactly; arrays element by element). An empty string for an optional string parameter counts
+as leaving it out, as in BFCL, whose answers mark such a parameter with "".
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def fits(call: Call, expected: dict, schemas: dict[str, dict]) -> bool:
     if any(p not in props for p in args):
         return False
     for p, accepted in expected["arguments"].items():
-        if p not in args:
+        if p not in args or (args[p] == "" and props[p].get("type") == "string"):  # left out
             if p not in expected["optional"]:
                 return False
         elif not any(same(args[p], a, props[p]) for a in accepted):
