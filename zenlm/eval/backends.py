@@ -1,11 +1,12 @@
 """Who answers the samples: the in-process engine (every request at once, continuous batching does the
 work) or any OpenAI-compatible server (--base-url; a few concurrent requests through a thread pool).
 
-Both decode greedily (temperature 0, no repetition penalty) with the sample's stop strings and yield
-(sample, output text) as each answer finishes, in finishing order. For log-likelihood tasks both yield
-each continuation's log-probability after the prompt, split as lm-eval splits it (loglik.py): the engine
-scores the tokens itself; a server echoes the whole text with its tokens' logprobs and text offsets.
-Scoring and bookkeeping are the runner's.
+Both decode greedily (temperature 0, no repetition penalty) with the sample's stop strings and the
+sample's tools (a server's tool_calls come back as Hermes `<tool_call>` text, as the engine writes
+them) and yield (sample, output text) as each answer finishes, in finishing order. For log-likelihood
+tasks both yield each continuation's log-probability after the prompt, split as lm-eval splits it
+(loglik.py): the engine scores the tokens itself; a server echoes the whole text with its tokens'
+logprobs and text offsets. Scoring and bookkeeping are the runner's.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Protocol
 from zenlm.eval.loglik import move_trailing_space, score
 from zenlm.eval.task import Mode, Sample
 from zenlm.eval.tokens import TokenCounter, default_counter, tokenizer_counter
+from zenlm.tokenizer.tool_calls import hermes
 
 log = logging.getLogger("zenlm.eval")
 
@@ -77,7 +79,7 @@ class EngineBackend:
         llm, engine, pending = self.llm, self.llm.engine, {}
         try:
             for s in samples:
-                ids = llm.chat_ids(s.prompt) if isinstance(s.prompt, list) else llm.tokenizer.encode(s.prompt)
+                ids = llm.chat_ids(s.prompt, s.tools) if isinstance(s.prompt, list) else llm.tokenizer.encode(s.prompt)
                 params = SamplingParams(max_tokens=max_tokens, temperature=0.0, repetition_penalty=1.0, stop=s.stop)
                 seq = engine.add(ids, params)
                 pending[seq.seq_id] = (seq, s)
@@ -120,6 +122,16 @@ def is_instruct(path: Path, generation_config: dict) -> bool:
         meta = read_gguf(path)[0]
         return str(meta.get("general.finetune", "")).lower().startswith(CHAT_FINETUNES)
     return bool(generation_config.get("do_sample"))
+
+
+def chat_text(message: dict) -> str:
+    """A chat reply as the model wrote it: the content, then its tool_calls as the Hermes `<tool_call>` blocks
+    the chat template asks for, so a task reads a server's calls as it reads the engine's text."""
+    content = message.get("content") or ""
+    calls = [(c["function"]["name"], c["function"].get("arguments") or "{}") for c in message.get("tool_calls") or []]
+    if not calls:
+        return content
+    return content + ("" if not content or content.endswith("\n") else "\n") + hermes(calls)
 
 
 class OpenAIBackend:
@@ -191,8 +203,9 @@ class OpenAIBackend:
         if sample.stop:
             body["stop"] = sample.stop[:4]  # OpenAI allows four
         if isinstance(sample.prompt, list):
-            r = self._request("/chat/completions", body | {"messages": sample.prompt})
-            return r["choices"][0]["message"].get("content") or ""
+            tools = {"tools": sample.tools} if sample.tools else {}
+            r = self._request("/chat/completions", body | {"messages": sample.prompt} | tools)
+            return chat_text(r["choices"][0]["message"])
         r = self._request("/completions", body | {"prompt": sample.prompt})
         return r["choices"][0].get("text") or ""
 

@@ -3,7 +3,7 @@
 The Jinja environment mirrors the one transformers uses for apply_chat_template (sandboxed,
 trim_blocks, lstrip_blocks, loopcontrols, its tojson/raise_exception/strftime_now), so prompts are
 byte-identical. Without a template it writes plain ChatML. It does not parse model output (tool
-calls in generated text are the server's job) and does not tokenize except in render_ids.
+calls in generated text: tool_calls.py) and does not tokenize except in render_ids.
 """
 
 from __future__ import annotations

@@ -7,8 +7,10 @@ from zenlm.eval.tasks.humaneval import HumanEval
 from zenlm.eval.tasks.mbpp import MBPP
 from zenlm.eval.tasks.mc import MC
 from zenlm.eval.tasks.needle import Needle
+from zenlm.eval.tasks.tooluse import ToolUse
 
-TASKS: dict[str, type] = {"humaneval": HumanEval, "mbpp": MBPP, "gsm8k": GSM8K, "needle": Needle, "mc": MC}
+TASKS: dict[str, type] = {"humaneval": HumanEval, "mbpp": MBPP, "gsm8k": GSM8K, "needle": Needle, "tooluse": ToolUse,
+                          "mc": MC}
 
 
 def get_task(name: str):
