@@ -4,6 +4,7 @@ directory, and every bad-file case (each must be one clear ValueError naming the
 
 import json
 import shutil
+from pathlib import Path
 
 import gguf
 import numpy as np
@@ -51,9 +52,16 @@ def gguf_name(hf: str) -> tuple[str, int | None]:
     return f"blk.{layer}.{TO_GGUF[part]}.{kind}", None
 
 
-def write_gguf(path, c: Config, sd: dict, qtype=gguf.GGMLQuantizationType.F32, skip=(), meta=None):
+def write_gguf(path, c: Config, sd: dict, qtype=gguf.GGMLQuantizationType.F32, skip=(), meta=None,
+               file_type: int | None = None, split_max_tensors: int = 0, strings: dict | None = None):
+    """A GGUF of these weights; split_max_tensors > 0 writes PATH-0000i-of-0000n.gguf shards (gguf-split's
+    layout) and returns the first."""
     arch = "qwen2moe" if c.is_moe else "qwen2"
-    w = gguf.GGUFWriter(str(path), arch)
+    w = gguf.GGUFWriter(str(path), arch, split_max_tensors=split_max_tensors)
+    if file_type is not None:
+        w.add_file_type(file_type)
+    for key, value in (strings or {}).items():
+        w.add_string(key, value)
     w.add_block_count(c.num_layers)
     w.add_context_length(c.context_length)
     w.add_embedding_length(c.hidden_size)
@@ -93,7 +101,7 @@ def write_gguf(path, c: Config, sd: dict, qtype=gguf.GGMLQuantizationType.F32, s
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return path
+    return w.format_shard_names(Path(path))[0] if split_max_tensors else path
 
 
 def write_hf_dir(path, c: Config, sd: dict):

@@ -1,6 +1,7 @@
-"""`zen <command>`: generate, chat, serve, bench, info, train, estimate, eval, lm-eval.
+"""`zen <command>`: generate, chat, serve, bench, info, train, estimate, eval, lm-eval, pull, list, rm.
 
-One small function per command; heavy imports inside it.
+One small function per command; heavy imports inside it. A command given a hub name that is not
+downloaded yet pulls it first, asking before it does when stdin is a terminal.
 
 Completions go to stdout, progress and errors to stderr. An error is one line and a non-zero exit.
 """
@@ -12,15 +13,40 @@ import json
 import sys
 
 
+MODEL_HELP = "'default', a .gguf file, an HF directory or a hub name (Org/Name[:quant][@revision])"
+
+
 def _add_model(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="default", help="'default', a .gguf file or an HF directory")
+    p.add_argument("--model", default="default", help=MODEL_HELP)
     p.add_argument("--dtype", default="int4", choices=["float32", "bfloat16", "int8", "int4"],
                    help="int4 (default, fastest) and int8 quantize the weights and run float32 activations "
                         "with a bfloat16 KV cache; float32 is the exact reference")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 
 
+def _pull_first(name: str | None) -> None:
+    """A hub name not downloaded yet is pulled before a command loads it: after asking, in a terminal."""
+    from pathlib import Path
+
+    from zenlm.weights.hub_names import parse
+
+    if name is None or Path(name).expanduser().exists() or parse(name) is None:
+        return
+    from zenlm.weights.store import ensure
+
+    ensure(name, confirm=_confirm if sys.stdin.isatty() else None, progress=sys.stderr.isatty())
+
+
+def _confirm(question: str) -> bool:
+    try:
+        answer = input(f"{question} [Y/n] ")
+    except EOFError:
+        return False
+    return answer.strip().lower() in ("", "y", "yes")
+
+
 def _llm(args):
+    _pull_first(args.model)
     from zenlm.engine.llm import LLM
 
     return LLM(args.model, dtype=args.dtype, device=args.device, progress=sys.stderr.isatty())
@@ -91,6 +117,7 @@ def cmd_serve(args) -> int:
 
     from zenlm.server.serve import serve
 
+    _pull_first(args.model)
     return serve(args.model, args.host, args.port, args.api_key or os.environ.get("ZEN_API_KEY"), args.dtype,
                  args.device, args.served_model_name, args.max_num_seqs, args.log_level, args.allowed_origins,
                  args.allowed_hosts, args.max_body_bytes, args.max_waiting, args.kv_cache_tokens)
@@ -106,7 +133,7 @@ def cmd_info(args) -> int:
             print(f"{name:20s} {human(param_counts(c)['params_total']):>6s}")
         return 0
     if args.model is None:
-        raise ValueError("give a model (a preset, a .gguf file or an HF directory) or --list")
+        raise ValueError("give a model (a preset, a .gguf file, an HF directory or a hub name) or --list")
     config = _config_of(args.model)
     counts = param_counts(config)
     if args.json:
@@ -140,6 +167,7 @@ def _info_system() -> int:
 def cmd_bench(args) -> int:
     from zenlm.bench import run
 
+    _pull_first(args.model)
     r = run(args.model, args.dtype, args.device, args.prompt_tokens, args.gen_tokens, args.concurrency)
     if args.json:
         print(json.dumps(r))
@@ -155,6 +183,7 @@ def cmd_train(args) -> int:
     settings = load_yaml(args.config) if args.config else {}
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command", "config") and v is not None}
     settings |= given
+    _pull_first(settings.get("model"))
     run(make_config(settings))
     return 0
 
@@ -190,6 +219,7 @@ def cmd_eval(args) -> int:
     else:
         from zenlm.eval.backends import EngineBackend
 
+        _pull_first(args.model)
         backend = EngineBackend(args.model or "default", args.dtype, args.device, progress=sys.stderr.isatty(),
                                 max_num_seqs=_count("--max-num-seqs", args.max_num_seqs, 1))
     results = run(tasks, backend, args.output, limit, shots, max_tokens, args.mode,
@@ -243,6 +273,61 @@ def cmd_lm_eval(args) -> int:
     return 0
 
 
+def cmd_pull(args) -> int:
+    from zenlm.weights.download import human_bytes
+    from zenlm.weights.store import pull
+
+    local = pull(args.name, progress=sys.stderr.isatty())
+    size = sum(f.stat().st_size for f in local.files)
+    print(f"{args.name}: {len(local.files)} file(s), {human_bytes(size)} at {local.path}", file=sys.stderr)
+    print(local.path)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from pathlib import Path
+
+    from zenlm.weights.download import human_bytes
+    from zenlm.weights.load import quantized_copies
+    from zenlm.weights.store import complete, entries
+
+    rows = []
+    for e in entries():
+        copies = quantized_copies(Path(e.path)) if complete(e) else {}
+        rows.append({"name": e.name, "format": e.format, "quantization": e.quantization, "size": e.size,
+                     "quantized_copy": sorted(copies), "complete": complete(e), "path": e.path})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'NAME':48s} {'FORMAT':12s} {'QUANT':8s} {'SIZE':>9s}  QUANTIZED COPY")
+    for r in rows:
+        copy = ",".join(r["quantized_copy"]) or "-"
+        note = "" if r["complete"] else "  (files missing: pull again)"
+        print(f"{r['name']:48s} {r['format']:12s} {r['quantization']:8s} {human_bytes(r['size']):>9s}  {copy}{note}")
+    return 0
+
+
+def cmd_rm(args) -> int:
+    from zenlm.weights.store import remove
+
+    for name in args.names:
+        removed = remove(name)
+        print(f"removed {name} ({len(removed)} file(s))", file=sys.stderr)
+    return 0
+
+
+def _add_store(sub) -> None:
+    p = sub.add_parser("pull", help="download a model by hub name into the local cache")
+    p.add_argument("name", help="Org/Name (safetensors), Org/Name-GGUF:q4_k_m, NAME@revision, modelscope:Org/Name")
+    p.set_defaults(func=cmd_pull)
+    ls = sub.add_parser("list", help="the models pulled: name, format, quantization, size, quantized copy")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_list)
+    r = sub.add_parser("rm", help="remove pulled models and their quantized copies")
+    r.add_argument("names", nargs="+")
+    r.set_defaults(func=cmd_rm)
+
+
 def _count(flag: str, value: str | None, least: int) -> int | None:
     """A whole-number flag, read here so bad input is one line and exit 1 (argparse would exit 2)."""
     if value is None:
@@ -259,7 +344,7 @@ def _count(flag: str, value: str | None, least: int) -> int | None:
 def _add_eval(sub) -> None:
     v = sub.add_parser("eval", help="benchmarks (gsm8k, ...) in process or against an OpenAI-compatible server")
     v.add_argument("tasks", help="comma-separated task names, e.g. gsm8k")
-    v.add_argument("--model", default=None, help="'default', a .gguf file or an HF directory; with --base-url "
+    v.add_argument("--model", default=None, help=f"{MODEL_HELP}; with --base-url "
                                                   "the served model id (default: the first /v1/models lists)")
     v.add_argument("--dtype", default="int4", choices=["float32", "bfloat16", "int8", "int4"])
     v.add_argument("--device", default="cpu")
@@ -293,7 +378,7 @@ def _add_train(sub) -> None:
     t = sub.add_parser("train", help="pretrain, SFT or DPO (LoRA/QLoRA; torchrun for many processes)")
     t.add_argument("task", choices=["pretrain", "sft", "dpo"])
     t.add_argument("--config", help="YAML file of settings (flags override it)")
-    t.add_argument("--model", help="a preset (trains from scratch), 'default', a .gguf file or an HF directory")
+    t.add_argument("--model", help=f"a preset (trains from scratch) or {MODEL_HELP}")
     t.add_argument("--data", nargs="+", help="text/jsonl files or directories")
     t.add_argument("--eval-data", nargs="+", help="held-out files (default: a slice of --data)")
     t.add_argument("--output", help="output directory: checkpoints, metrics.jsonl, loss.png, the HF model")
@@ -313,7 +398,7 @@ def _add_train(sub) -> None:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("estimate", help="training memory: weights, gradients, optimizer, activations")
-    e.add_argument("model", help="a preset, 'default', a .gguf file or an HF directory")
+    e.add_argument("model", help=f"a preset or {MODEL_HELP}")
     e.add_argument("--method", default="full", choices=["full", "lora", "qlora"])
     e.add_argument("--seq-len", type=int, default=512)
     e.add_argument("--batch", type=int, default=1)
@@ -327,6 +412,7 @@ def _add_train(sub) -> None:
 def _config_of(name: str):
     from zenlm.weights.registry import resolve
 
+    _pull_first(name)
     return resolve(name).config()
 
 
@@ -387,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bench)
 
     i = sub.add_parser("info", help="config and parameter counts of a model or preset; --system: the kernels here")
-    i.add_argument("model", nargs="?", help="a preset name, a .gguf file or an HF directory")
+    i.add_argument("model", nargs="?", help=f"a preset name or {MODEL_HELP}")
     i.add_argument("--json", action="store_true")
     i.add_argument("--list", action="store_true", help="list the presets")
     i.add_argument("--system", action="store_true",
@@ -395,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
     _add_train(sub)
     _add_eval(sub)
+    _add_store(sub)
     le = sub.add_parser("lm-eval", add_help=False,
                         help="lm-eval-harness's command line with zenlm as a model: zen lm-eval --model zenlm "
                              "--model_args model=default,dtype=int4 --tasks ...")

@@ -2,8 +2,9 @@
 
 The quantization is the file's own (GGUF `general.file_type` as llama.cpp names it, e.g. Q4_K_M; an
 HF directory's torch_dtype, e.g. BF16), whatever precision zenlm computes in. The parameter count
-is the file's tensors' (so a GGUF that stores a tied output matrix twice counts it twice). Reading
-and hashing happen once per file and mtime (a few hundred ms for the default model), then are cached.
+is the file's tensors' (so a GGUF that stores a tied output matrix twice counts it twice); a split
+GGUF counts all its shards. Reading and hashing happen once per file and mtime (a few hundred ms for
+the default model), then are cached.
 """
 
 from __future__ import annotations
@@ -56,9 +57,9 @@ def file_info(path: str | Path, config: Config | None = None) -> FileInfo:
 def _read(path: Path, config: Config | None) -> FileInfo:
     files = [path] if path.is_file() else sorted(f for f in path.glob("*.safetensors") if f.is_file())
     if path.is_file():
-        from zenlm.weights.gguf_reader import read_gguf
+        from zenlm.weights.gguf_split import read_split
 
-        meta, tensors = read_gguf(path)
+        meta, tensors, files = read_split(path)  # every shard of a split file
         fmt, family = "gguf", meta.get("general.architecture", "qwen2")
         quant = FILE_TYPES.get(meta.get("general.file_type"), "unknown")
         count = meta.get("general.parameter_count") or sum(math.prod(t.shape) for t in tensors.values())

