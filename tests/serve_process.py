@@ -11,7 +11,7 @@ def start(args: list[str], log: Path, env: dict | None = None, timeout: float = 
     """`python -m zenlm serve --port 0 ARGS`, stderr to log; (process, base URL) once it listens."""
     with open(log, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "zenlm", "serve", "--port", "0", *args],
-                                stdout=subprocess.DEVNULL, stderr=err, env=env)
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env)
     url, deadline = None, time.time() + timeout
     while url is None and time.time() < deadline and proc.poll() is None:
         m = re.search(r"on (http://127\.0\.0\.1:\d+)/v1", log.read_text())

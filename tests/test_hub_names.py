@@ -88,7 +88,8 @@ def test_a_tag_on_an_hf_repo_chooses_its_gguf_files():
 
 
 @pytest.mark.parametrize("files, tag, message", [
-    (QWEN_GGUF, "q5_k_m", r"no GGUF file matches the tag 'q5_k_m'; the repository has fp16, q2_k, q4_k_m, q4_k_s, q8_0"),
+    (QWEN_GGUF, "q5_k_m", "no GGUF file matches the tag 'q5_k_m'; the repository has fp16, q2_k, q4_k_m, q4_k_s, "
+                          "q8_0"),
     (["a-q8_0.gguf", "sub/b-q8_0.gguf"], "q8_0", r"2 GGUF files match the tag 'q8_0' \(a-q8_0.gguf, sub/b-q8_0.gguf\)"),
     (["m-q8_0-00001-of-00003.gguf", "m-q8_0-00003-of-00003.gguf"], "q8_0", r"lacks shard\(s\) 2 of 3"),
     (["README.md", "config.json"], None, "neither safetensors weights with a config.json nor GGUF files"),

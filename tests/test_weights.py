@@ -113,7 +113,7 @@ def write_hf_dir(path, c: Config, sd: dict):
           "rms_norm_eps": c.rms_norm_eps, "tie_word_embeddings": c.tie_word_embeddings,
           "num_experts": c.num_experts, "num_experts_per_tok": c.num_experts_per_tok,
           "moe_intermediate_size": c.moe_intermediate_size,
-          "shared_expert_intermediate_size": c.shared_expert_intermediate_size}
+          "shared_expert_intermediate_size": c.shared_expert_intermediate_size, "torch_dtype": "float32"}
     (path / "config.json").write_text(json.dumps(hf))
     names = sorted(sd)
     half = len(names) // 2  # two shards with an index, as large checkpoints come

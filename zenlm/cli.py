@@ -12,7 +12,6 @@ import argparse
 import json
 import sys
 
-
 MODEL_HELP = "'default', a .gguf file, an HF directory or a hub name (Org/Name[:quant][@revision])"
 
 
@@ -38,11 +37,10 @@ def _pull_first(name: str | None) -> None:
 
 
 def _confirm(question: str) -> bool:
-    try:
-        answer = input(f"{question} [Y/n] ")
-    except EOFError:
-        return False
-    return answer.strip().lower() in ("", "y", "yes")
+    """Ask on stderr (stdout is for completions); Enter means yes, end of input no."""
+    print(f"{question} [Y/n] ", end="", file=sys.stderr, flush=True)
+    answer = sys.stdin.readline()
+    return bool(answer) and answer.strip().lower() in ("", "y", "yes")
 
 
 def _llm(args):
