@@ -96,6 +96,11 @@ def test_modelscope_names_use_its_file_api_and_cache(hub_env):
     hf = resolve("modelscope:Org/Tiny", progress=False)
     assert hf.kind == "hf" and (hf.path / "model.safetensors.index.json").is_file()
     assert all("/api/v1/models/" in r["path"] for r in hub_env.hub.log if not r["path"].startswith("/api/agent"))
+    # its folder holds one revision: asking for another fetches that one
+    other = (hub_env.root / "gguf" / "tiny-f16.gguf").read_bytes()
+    hub_env.hub.add("Org/Tiny-GGUF", {"tiny-q4_0.gguf": other}, revision="v2", modelscope=True)
+    assert resolve("modelscope:Org/Tiny-GGUF:q4_0@v2", progress=False).path.read_bytes() == other
+    assert resolve("modelscope:Org/Tiny-GGUF:q4_0", progress=False).path.read_bytes() != other
 
 
 def test_a_cached_name_needs_no_network(hub_env):

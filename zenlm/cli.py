@@ -115,10 +115,10 @@ def cmd_serve(args) -> int:
 
     from zenlm.server.serve import serve
 
-    _pull_first(args.model)
     return serve(args.model, args.host, args.port, args.api_key or os.environ.get("ZEN_API_KEY"), args.dtype,
                  args.device, args.served_model_name, args.max_num_seqs, args.log_level, args.allowed_origins,
-                 args.allowed_hosts, args.max_body_bytes, args.max_waiting, args.kv_cache_tokens)
+                 args.allowed_hosts, args.max_body_bytes, args.max_waiting, args.kv_cache_tokens,
+                 before_load=lambda: _pull_first(args.model))
 
 
 def cmd_info(args) -> int:

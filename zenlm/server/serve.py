@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import sys
+from collections.abc import Callable
 
 GRACE_S = 5  # seconds in-flight requests get to finish on shutdown
 
@@ -19,7 +20,9 @@ def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, api
           dtype: str = "int4", device: str = "cpu", served_name: str | None = None, max_num_seqs: int = 16,
           log_level: str = "warning", allowed_origins: str | None = None, allowed_hosts: str | None = None,
           max_body_bytes: int = 16 * 1024 * 1024, max_waiting: int = 256,
-          kv_cache_tokens: int | None = None) -> int:
+          kv_cache_tokens: int | None = None, before_load: Callable[[], None] | None = None) -> int:
+    """Serve until Ctrl-C or SIGTERM. before_load runs once the flags and the port are checked, before the
+    model loads (the CLI pulls a hub name there, asking first in a terminal)."""
     import uvicorn
 
     from zenlm.engine.engine import EngineConfig
@@ -39,6 +42,8 @@ def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, api
     if not logging.getLogger().handlers:  # engine and server errors reach stderr with their tracebacks
         logging.basicConfig(format="zen serve: %(levelname)s %(name)s: %(message)s")
     logging.getLogger("zenlm").setLevel(log_level.upper())
+    if before_load is not None:
+        before_load()
     engine = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max(512, max_num_seqs),
                           max_waiting=max_waiting, kv_cache_tokens=kv_cache_tokens)
     llm = AsyncLLM(model, dtype=dtype, device=device, progress=sys.stderr.isatty(), engine=engine)

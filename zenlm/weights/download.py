@@ -1,6 +1,7 @@
-"""One file from a hub to disk: resumable, hash-checked, never half a file under the final name.
+"""Hub files to disk, for every provider: fetch() resumable and hash-checked, never half a file under the
+final name; local_model(), what counts as a complete model on disk; the types the providers share.
 
-The bytes go to `DEST.incomplete`; a later attempt (after a dropped connection, Ctrl-C or a killed
+fetch writes to `DEST.incomplete`; a later attempt (after a dropped connection, Ctrl-C or a killed
 process) resumes it with a Range request. huggingface_hub's http_get does the HTTP: retries, resuming
 within one attempt, its progress bar. Only when the size and the hub's hash (sha256, or the git blob
 sha1 of a small file) match is the file renamed into place; a mismatch deletes it.
@@ -31,6 +32,51 @@ class RemoteFile:
     size: int | None
     sha256: str | None = None
     git_sha1: str | None = None  # the git blob id, for files not stored in LFS
+
+
+@dataclass(slots=True)
+class Local:
+    """A hub model on disk, complete: what the loader opens."""
+
+    kind: str  # "gguf" | "hf"
+    path: Path  # the GGUF file to open (the first shard of a split one), or the HF directory
+    files: list[Path]
+    revision: str  # the commit it came from (HF) or the revision asked for (ModelScope)
+
+
+@dataclass(slots=True)
+class Remote:
+    """What pulling a name means on the hub: the commit (or revision), each selected file's size and hash."""
+
+    revision: str
+    files: list[RemoteFile]
+
+
+def local_model(name: HubName, directory: Path, revision: str) -> Local | None:
+    """The model `name` means among the complete files under `directory` (a snapshot), or None.
+
+    Complete: renamed into place after its hash check (never an .incomplete part), every shard of a
+    split GGUF, every shard an HF index lists.
+    """
+    files = []
+    for p in directory.rglob("*"):
+        rel = p.relative_to(directory)
+        if p.is_file() and not p.name.endswith(".incomplete") and not any(s.startswith(".") for s in rel.parts):
+            files.append(rel.as_posix())
+    try:
+        chosen = select(name, files)
+    except ValueError:
+        return None
+    index = directory / "model.safetensors.index.json"
+    if chosen.kind == "hf" and index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError):
+            return None
+        if not shards <= set(files):
+            return None
+    path = directory / chosen.main if chosen.main else directory
+    return Local(chosen.kind, path, [directory / f for f in chosen.files], revision)
 
 
 class _Bar(tqdm):
@@ -130,50 +176,3 @@ def _verify(path: Path, remote: RemoteFile) -> None:
         path.unlink()
         raise ValueError(f"{remote.path} is corrupted: its {kind} is {h.hexdigest()[:16]}…, the hub says "
                          f"{want[:16]}…; the download was deleted, pull again")
-
-
-@dataclass(slots=True)
-class Local:
-    """A hub model on disk, complete: what the loader opens."""
-
-    kind: str  # "gguf" | "hf"
-    path: Path  # the GGUF file to open (the first shard of a split one), or the HF directory
-    files: list[Path]
-    revision: str  # the commit it came from (HF) or the revision asked for (ModelScope)
-
-
-@dataclass(slots=True)
-class Remote:
-    """What pulling a name means on the hub: the commit, and each selected file's size and hash."""
-
-    kind: str
-    main: str  # as Selection.main
-    revision: str
-    files: list[RemoteFile]
-
-
-def local_model(name: HubName, directory: Path, revision: str) -> Local | None:
-    """The model `name` means among the complete files under `directory` (a snapshot), or None.
-
-    Complete: renamed into place after its hash check (never an .incomplete part), every shard of a
-    split GGUF, every shard an HF index lists.
-    """
-    files = []
-    for p in directory.rglob("*"):
-        rel = p.relative_to(directory)
-        if p.is_file() and not p.name.endswith(".incomplete") and not any(s.startswith(".") for s in rel.parts):
-            files.append(rel.as_posix())
-    try:
-        chosen = select(name, files)
-    except ValueError:
-        return None
-    index = directory / "model.safetensors.index.json"
-    if chosen.kind == "hf" and index.is_file():
-        try:
-            shards = set(json.loads(index.read_text())["weight_map"].values())
-        except (ValueError, KeyError):
-            return None
-        if not shards <= set(files):
-            return None
-    path = directory / chosen.main if chosen.main else directory
-    return Local(chosen.kind, path, [directory / f for f in chosen.files], revision)

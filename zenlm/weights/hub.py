@@ -72,12 +72,21 @@ def remote(name: HubName) -> Remote:
         s = siblings[path]
         files.append(RemoteFile(path, s.lfs.size if s.lfs else s.size, s.lfs.sha256 if s.lfs else None,
                                 None if s.lfs else s.blob_id))
-    return Remote(chosen.kind, chosen.main, info.sha, files)
+    return Remote(info.sha, files)
+
+
+def _blob(root: Path, f: RemoteFile) -> Path | None:
+    """Where the cache keeps this file's bytes, known from the listing: blobs/{sha256} (LFS) or blobs/{git id}."""
+    oid = f.sha256 or f.git_sha1
+    return root / "blobs" / oid if oid else None
 
 
 def missing(name: HubName, plan: Remote) -> list[RemoteFile]:
-    snapshot = repo_dir(name.repo) / "snapshots" / plan.revision
-    return [f for f in plan.files if not (snapshot / f.path).is_file()]
+    """The plan's files whose bytes are not in the cache (under this commit or, same bytes, another)."""
+    root = repo_dir(name.repo)
+    snapshot = root / "snapshots" / plan.revision
+    return [f for f in plan.files
+            if not (snapshot / f.path).is_file() and not ((b := _blob(root, f)) and b.is_file())]
 
 
 def download(name: HubName, plan: Remote, progress: bool = True) -> Local:
@@ -87,9 +96,14 @@ def download(name: HubName, plan: Remote, progress: bool = True) -> Local:
 
     root = repo_dir(name.repo)
     snapshot = root / "snapshots" / plan.revision
-    todo = missing(name, plan)
-    check_space(root, sum(f.size or 0 for f in todo), str(name))
-    for f in todo:
+    check_space(root, sum(f.size or 0 for f in missing(name, plan)), str(name))
+    for f in plan.files:
+        if (snapshot / f.path).is_file():
+            continue
+        known = _blob(root, f)
+        if known is not None and known.is_file():  # the same bytes, fetched for another commit
+            _link(snapshot / f.path, known)
+            continue
         url = hf_hub_url(name.repo, f.path, revision=plan.revision, endpoint=endpoint())
         with _errors(name, f.path):
             meta = get_hf_file_metadata(url, endpoint=endpoint())
@@ -103,16 +117,25 @@ def download(name: HubName, plan: Remote, progress: bool = True) -> Local:
         lock.parent.mkdir(parents=True, exist_ok=True)
         with WeakFileLock(lock), _errors(name, f.path):
             fetch(meta.location, blob, f, headers, progress)
-        pointer = snapshot / f.path
-        pointer.parent.mkdir(parents=True, exist_ok=True)
-        if pointer.is_symlink():  # a dangling link left by a removed blob
-            pointer.unlink()
-        os.symlink(os.path.relpath(blob, pointer.parent), pointer)
+        _link(snapshot / f.path, blob)
     if (name.revision or "main") != plan.revision:
         _write_ref(root, name.revision or "main", plan.revision)
     local = local_model(name, snapshot, plan.revision)
     assert local is not None, f"{snapshot}: incomplete right after downloading {name}"
     return local
+
+
+def _link(pointer: Path, blob: Path) -> None:
+    """snapshots/{commit}/{file} -> ../../blobs/{etag}, as huggingface_hub links them."""
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    if pointer.is_file():  # another process linked it meanwhile
+        return
+    if pointer.is_symlink():  # dangling: its blob was removed
+        pointer.unlink(missing_ok=True)
+    try:
+        os.symlink(os.path.relpath(blob, pointer.parent), pointer)
+    except FileExistsError:
+        pass
 
 
 def _write_ref(root: Path, revision: str, commit: str) -> None:

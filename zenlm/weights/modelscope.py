@@ -4,9 +4,10 @@
     GET {endpoint}/api/v1/models/{repo}/repo?Revision={rev}&FilePath={path}        one file (Range resumes)
 
 Files land where the modelscope SDK keeps them, $MODELSCOPE_CACHE (~/.cache/modelscope/hub)
-/models/{org}/{name with '.' as '___'}, so either reuses the other's downloads; like the SDK's, that
-folder holds one revision at a time. $MODELSCOPE_DOMAIN picks the site (www.modelscope.cn by default;
-a value with a scheme, http://host:port, is used as it is).
+/models/{org}/{name with '.' as '___'}, so either reuses the other's downloads. Like the SDK's, that
+folder holds one revision at a time; the one zenlm fetched is noted in its .zenlm-revision, and a
+name asking for another is fetched again. $MODELSCOPE_DOMAIN picks the site (www.modelscope.cn by
+default; a value with a scheme, http://host:port, is used as it is).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from zenlm.weights.download import Local, Remote, RemoteFile, Unreachable, check
 from zenlm.weights.hub_names import HubName, select
 
 DEFAULT_REVISION = "master"
+REVISION_FILE = ".zenlm-revision"
 
 
 def endpoint() -> str:
@@ -33,8 +35,13 @@ def model_dir(repo: str) -> Path:
 
 
 def cached(name: HubName) -> Local | None:
-    directory = model_dir(name.repo)
-    return local_model(name, directory, name.revision or DEFAULT_REVISION) if directory.is_dir() else None
+    directory, revision = model_dir(name.repo), name.revision or DEFAULT_REVISION
+    if not directory.is_dir():
+        return None
+    marker = directory / REVISION_FILE
+    if marker.is_file() and marker.read_text() != revision:
+        return None
+    return local_model(name, directory, revision)
 
 
 def remote(name: HubName) -> Remote:
@@ -61,11 +68,14 @@ def remote(name: HubName) -> Remote:
     listed = {f["Path"]: f for f in body["Data"]["Files"] if f.get("Type", "blob") == "blob"}
     chosen = select(name, listed)
     files = [RemoteFile(p, listed[p].get("Size"), listed[p].get("Sha256") or None) for p in chosen.files]
-    return Remote(chosen.kind, chosen.main, revision, files)
+    return Remote(revision, files)
 
 
 def missing(name: HubName, plan: Remote) -> list[RemoteFile]:
     directory = model_dir(name.repo)
+    marker = directory / REVISION_FILE
+    if marker.is_file() and marker.read_text() != plan.revision:  # another revision's files: all again
+        return list(plan.files)
     return [f for f in plan.files if not (directory / f.path).is_file()]
 
 
@@ -77,6 +87,7 @@ def download(name: HubName, plan: Remote, progress: bool = True) -> Local:
     todo = missing(name, plan)
     check_space(directory, sum(f.size or 0 for f in todo), str(name))
     for f in todo:
+        (directory / f.path).unlink(missing_ok=True)  # another revision's copy
         url = f"{endpoint()}/api/v1/models/{name.repo}/repo?" + urlencode({"Revision": plan.revision,
                                                                             "FilePath": f.path})
         dest = directory / f.path
@@ -86,6 +97,7 @@ def download(name: HubName, plan: Remote, progress: bool = True) -> Local:
                 fetch(url, dest, f, {}, progress)
         except HfHubHTTPError as e:
             raise ValueError(f"{name}: {endpoint()} answered HTTP {e.response.status_code} for {f.path}") from None
+    (directory / REVISION_FILE).write_text(plan.revision)
     local = local_model(name, directory, plan.revision)
     assert local is not None, f"{directory}: incomplete right after downloading {name}"
     return local
