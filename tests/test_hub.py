@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from hub_models import GATED_TOKEN, hub_env, published  # noqa: F401 - fixtures
+from tqdm import tqdm
 
 from zenlm.engine.llm import LLM
 from zenlm.engine.sampling import SamplingParams
@@ -103,6 +104,15 @@ def test_modelscope_names_use_its_file_api_and_cache(hub_env):
     assert resolve("modelscope:Org/Tiny-GGUF:q4_0", progress=False).path.read_bytes() != other
 
 
+def test_downloads_show_a_progress_bar(hub_env, capfd):
+    store.pull("Org/Tiny-GGUF:f16", progress=True)
+    size = (hub_env.root / "gguf" / "tiny-f16.gguf").stat().st_size
+    err = capfd.readouterr().err
+    assert "tiny-f16.gguf:   0%|" in err and f"/{tqdm.format_sizeof(size)} [" in err  # a bar of the bytes
+    store.pull("Org/Tiny-GGUF:q4_0", progress=False)
+    assert capfd.readouterr().err == ""
+
+
 def test_a_cached_name_needs_no_network(hub_env):
     resolve("Org/Tiny-GGUF:q4_0", progress=False)
     hub_env.hub.log.clear()
@@ -188,6 +198,18 @@ def test_each_failure_is_one_clear_line_and_leaves_nothing(hub_env, name, messag
     one_line_error(lambda: resolve(name, progress=False), message)
     files = [p for p in Path(os.environ["HF_HOME"]).rglob("*") if p.is_file() and not p.name.endswith(".lock")]
     assert files == [] and store.entries() == []
+
+
+def test_a_disk_that_fills_up_mid_download_is_one_line(hub_env):
+    blob = hub_env.hub.sha256((hub_env.root / "gguf" / "tiny-f16.gguf").read_bytes())
+    blobs = Path(os.environ["HF_HOME"]) / "hub" / "models--Org--Tiny-GGUF" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / f"{blob}.incomplete").symlink_to("/dev/full")  # every write: ENOSPC from the kernel
+    one_line_error(lambda: resolve("Org/Tiny-GGUF:f16", progress=False),
+                   r"disk full while downloading tiny-f16.gguf into .*blobs; the part downloaded is kept: free some "
+                   "space and pull again to resume")
+    assert not (blobs / blob).exists() and store.entries() == []
+    assert not list(blobs.parent.glob("snapshots/*/tiny-f16.gguf"))
 
 
 def test_gated_repo_takes_the_right_token_only(hub_env, monkeypatch):
