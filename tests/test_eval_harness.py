@@ -100,6 +100,15 @@ def test_sampling_params_from_gen_kwargs(caplog):
         sampling_params({"do_sample": True, "top_p": 2.0})
 
 
+def test_registering_keeps_lm_evals_own_models():
+    """lm-eval fills its model table only while it is empty: zenlm's entry must not hide the others."""
+    code = ("import zenlm.eval.harness\nfrom lm_eval.api.registry import get_model\n"
+            "print(get_model('zenlm').__name__, get_model('local-completions').__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["ZenLM", "LocalCompletionsAPI"]
+
+
 def test_registered_and_model_args_checked_before_loading():
     from lm_eval.api.registry import get_model
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 
+import lm_eval.models  # noqa: F401 - lm-eval's own models first: it fills its table only while that is empty
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
