@@ -13,7 +13,7 @@ from zenlm import cli
 from zenlm.eval.run import read_samples, run, stderr, summary, table
 
 GOLD = [json.loads(line)["answer"].rpartition("####")[2].strip().replace(",", "")
-        for line in (Path(cli.__file__).parent / "eval/data/gsm8k/test.jsonl").read_text().splitlines()]
+        for line in (Path(cli.__file__).parents[1] / "eval/data/gsm8k/test.jsonl").read_text().splitlines()]
 
 
 class Fake:

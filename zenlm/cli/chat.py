@@ -1,0 +1,82 @@
+"""`zen generate` (one completion to stdout) and `zen chat` (the terminal chat).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from zenlm.cli.common import add_model, load_llm, sampling_params
+
+
+def cmd_generate(args) -> int:
+    llm = load_llm(args)
+    if args.raw:
+        if args.system:
+            raise ValueError("--system needs the chat template; drop --raw")
+        pieces = llm.stream(args.prompt, sampling_params(args))
+    else:
+        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        pieces = llm.stream_chat(messages + [{"role": "user", "content": args.prompt}], sampling_params(args))
+    for piece in pieces:
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    llm = load_llm(args)
+    system = [{"role": "system", "content": args.system}] if args.system else []
+    history: list[dict] = []
+    print(f"zen chat with {llm.path.name}. /reset clears the history, /exit leaves, "
+          "Ctrl-C stops an answer.", file=sys.stderr)
+    while True:
+        try:
+            line = input(">>> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print("\n(use /exit or Ctrl-D to leave)", file=sys.stderr)
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit", "/bye"):
+            return 0
+        if text == "/reset":
+            history.clear()
+            print("(history cleared)", file=sys.stderr)
+            continue
+        history.append({"role": "user", "content": line})
+        answer = []
+        try:
+            for piece in llm.stream_chat(system + history, sampling_params(args)):
+                answer.append(piece)
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            sys.stdout.write(" [stopped]")
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        history.append({"role": "assistant", "content": "".join(answer)})
+
+
+def add(sub) -> None:
+    g = sub.add_parser("generate", help="complete one prompt and print only the completion")
+    g.add_argument("prompt")
+    add_model(g)
+    g.add_argument("--system", help="system message (chat template)")
+    g.add_argument("--max-tokens", type=int, default=256)
+    g.add_argument("--temperature", type=float, default=None, help="0 = greedy; default from the model")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--raw", action="store_true", help="no chat template: complete the text as it is")
+    g.set_defaults(func=cmd_generate)
+
+    c = sub.add_parser("chat", help="interactive chat in the terminal")
+    add_model(c)
+    c.add_argument("--system", help="system message")
+    c.add_argument("--max-tokens", type=int, default=1024)
+    c.add_argument("--temperature", type=float, default=None)
+    c.add_argument("--seed", type=int, default=None)
+    c.set_defaults(func=cmd_chat)
