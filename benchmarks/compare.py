@@ -103,6 +103,7 @@ def bench_zenlm(path: str, threads: int, n_prompt: int, n_gen: int, dtype: str =
 
 
 PEERS = {
+    "zenlm auto": lambda *a: bench_zenlm(*a, dtype="auto"),
     "zenlm int4": lambda *a: bench_zenlm(*a, dtype="int4"),
     "zenlm float32": lambda *a: bench_zenlm(*a, dtype="float32"),
     "llama.cpp": bench_llama_cpp,
@@ -150,9 +151,11 @@ def print_table(results: dict, a) -> None:
             continue
         cells = ["-" if r.get(k) is None else f"{r[k]:.3g}" if k == "ttft_s" else f"{r[k]:.1f}" for k in KEYS]
         print(f"| {name} | {' | '.join(cells)} |")
-    ours, ref = results.get("zenlm int4"), results.get("llama.cpp")
-    if isinstance(ours, dict) and isinstance(ref, dict):
-        print(f"\nzenlm int4 / llama.cpp: decode {ours['decode_tok_s'] / ref['decode_tok_s']:.2f}x, "
+    ref = results.get("llama.cpp")
+    for name, ours in results.items():
+        if not (name.startswith("zenlm") and isinstance(ours, dict) and isinstance(ref, dict)):
+            continue
+        print(f"\n{name} / llama.cpp: decode {ours['decode_tok_s'] / ref['decode_tok_s']:.2f}x, "
               f"prefill {ours['prefill_tok_s'] / ref['prefill_tok_s']:.2f}x, "
               f"ttft {ours['ttft_s']:.3f} s vs {ref['ttft_s']:.3f} s; "
               f"aggregate (8 seqs) / own single stream {ours['aggregate_tok_s'] / ours['decode_tok_s']:.2f}x "

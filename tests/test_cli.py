@@ -109,7 +109,7 @@ def test_bench_json():
     for key in ("prefill_tok_s", "decode_tok_s", "ttft_s", "aggregate_tok_s", "aggregate_short_tok_s", "peak_rss_mb",
                 "load_s"):
         assert d[key] > 0, key
-    assert d["dtype"] == "int4" and d["concurrency"] == 2
+    assert d["dtype"] == "auto" and d["concurrency"] == 2
     from zenlm.bench import _kernels
 
     assert d["kernels"] == _kernels() != "torch ops (no C kernels)"  # the C kernels built and ran

@@ -55,7 +55,7 @@ def gguf_name(hf: str) -> tuple[str, int | None]:
 def write_gguf(path, c: Config, sd: dict, qtype=gguf.GGMLQuantizationType.F32, skip=(), meta=None,
                file_type: int | None = None, split_max_tensors: int = 0, strings: dict | None = None):
     """A GGUF of these weights; split_max_tensors > 0 writes PATH-0000i-of-0000n.gguf shards (gguf-split's
-    layout) and returns the first."""
+    layout) and returns the first. qtype is one type for every matrix or {GGUF name: type} (F32 elsewhere)."""
     arch = "qwen2moe" if c.is_moe else "qwen2"
     w = gguf.GGUFWriter(str(path), arch, split_max_tensors=split_max_tensors)
     if file_type is not None:
@@ -91,8 +91,9 @@ def write_gguf(path, c: Config, sd: dict, qtype=gguf.GGMLQuantizationType.F32, s
             stacked.setdefault(name, {})[expert] = t.numpy()
             continue
         arr = t.numpy().astype(np.float32)
-        if arr.ndim == 2 and qtype != gguf.GGMLQuantizationType.F32:
-            w.add_tensor(name, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)
+        kind = qtype.get(name, gguf.GGMLQuantizationType.F32) if isinstance(qtype, dict) else qtype
+        if arr.ndim == 2 and kind != gguf.GGMLQuantizationType.F32:
+            w.add_tensor(name, gguf.quants.quantize(arr, kind), raw_dtype=kind)
         else:
             w.add_tensor(name, arr)
     for name, experts in stacked.items():

@@ -21,7 +21,7 @@ def random_prompt(rng: random.Random, n: int) -> list[int]:
     return [rng.randrange(1000, 100000) for _ in range(n)]
 
 
-def run(model: str = "default", dtype: str = "int4", device: str = "cpu", prompt_tokens: int = 512,
+def run(model: str = "default", dtype: str = "auto", device: str = "cpu", prompt_tokens: int = 512,
         gen_tokens: int = 128, concurrency: int = 8) -> dict:
     rng = random.Random(0)
     t = time.perf_counter()

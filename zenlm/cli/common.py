@@ -6,14 +6,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+DTYPES = ["auto", "int4", "int8", "bfloat16", "float32"]
 MODEL_HELP = "'default', a .gguf file, an HF directory or a hub name (Org/Name[:quant][@revision])"
 
 
 def add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="default", help=MODEL_HELP)
-    p.add_argument("--dtype", default="int4", choices=["float32", "bfloat16", "int8", "int4"],
-                   help="int4 (default, fastest) and int8 quantize the weights and run float32 activations "
-                        "with a bfloat16 KV cache; float32 is the exact reference")
+    p.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help="auto (default): each weight at the precision its file stores (4, 5 or 8 bits; float "
+                        "weights in 8); int4 is the smallest and fastest, int8 all 8 bits; these run float32 "
+                        "activations with a bfloat16 KV cache; float32 is the exact reference")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 
 

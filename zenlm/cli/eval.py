@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from zenlm.cli.common import MODEL_HELP, count, pull_first
+from zenlm.cli.common import DTYPES, MODEL_HELP, count, pull_first
 
 
 def cmd_eval(args) -> int:
@@ -91,7 +91,7 @@ def add(sub) -> None:
     v.add_argument("tasks", help="comma-separated task names, e.g. gsm8k")
     v.add_argument("--model", default=None, help=f"{MODEL_HELP}; with --base-url "
                                                   "the served model id (default: the first /v1/models lists)")
-    v.add_argument("--dtype", default="int4", choices=["float32", "bfloat16", "int8", "int4"])
+    v.add_argument("--dtype", default="auto", choices=DTYPES)
     v.add_argument("--device", default="cpu")
     v.add_argument("--base-url", default=None, help="an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     v.add_argument("--api-key", default=None, help="for --base-url (default: $OPENAI_API_KEY)")
@@ -120,6 +120,6 @@ def add(sub) -> None:
 
     le = sub.add_parser("lm-eval", add_help=False,
                         help="lm-eval-harness's command line with zenlm as a model: zen lm-eval --model zenlm "
-                             "--model_args model=default,dtype=int4 --tasks ...")
+                             "--model_args model=default,dtype=auto --tasks ...")
     le.add_argument("args", nargs=argparse.REMAINDER)
     le.set_defaults(func=cmd_lm_eval)

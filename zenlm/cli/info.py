@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from zenlm.cli.common import MODEL_HELP, config_of, pull_first
+from zenlm.cli.common import DTYPES, MODEL_HELP, config_of, pull_first
 
 
 def cmd_info(args) -> int:
@@ -65,7 +65,7 @@ def cmd_bench(args) -> int:
 def add(sub) -> None:
     b = sub.add_parser("bench", help="measure load, prefill, decode, time to first token, throughput, memory")
     b.add_argument("--model", default="default")
-    b.add_argument("--dtype", default="int4", choices=["float32", "bfloat16", "int8", "int4"])
+    b.add_argument("--dtype", default="auto", choices=DTYPES)
     b.add_argument("--device", default="cpu")
     b.add_argument("--prompt-tokens", type=int, default=512)
     b.add_argument("--gen-tokens", type=int, default=128)

@@ -29,9 +29,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("zenlm.engine")
 
-# --dtype: the activation dtype, and for int8/int4 the weight-only quantization of every linear
+# --dtype: the activation dtype, and for int8/int4/auto the weight-only quantization of every linear
 PRECISIONS = {"float32": (torch.float32, None), "bfloat16": (torch.bfloat16, None),
-              "float16": (torch.float16, None), "int8": (torch.float32, "int8"), "int4": (torch.float32, "int4")}
+              "float16": (torch.float16, None), "int8": (torch.float32, "int8"), "int4": (torch.float32, "int4"),
+              "auto": (torch.float32, "auto")}
 
 
 class LLM:

@@ -51,7 +51,7 @@ class Backend(Protocol):
 class EngineBackend:
     """zenlm's own engine in this process: all requests queued at once, stepped until done."""
 
-    def __init__(self, model: str = "default", dtype: str = "int4", device: str = "cpu", progress: bool = False,
+    def __init__(self, model: str = "default", dtype: str = "auto", device: str = "cpu", progress: bool = False,
                  max_num_seqs: int = 16):
         from zenlm.engine.engine import EngineConfig
         from zenlm.engine.llm import LLM

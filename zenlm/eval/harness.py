@@ -1,6 +1,6 @@
 """zenlm as an lm-eval-harness model named "zenlm"; importing this module registers it.
 
-    zen lm-eval --model zenlm --model_args model=default,dtype=int4 --tasks TASKS ...   (lm_eval's command line)
+    zen lm-eval --model zenlm --model_args model=default,dtype=auto --tasks TASKS ...   (lm_eval's command line)
     import zenlm.eval.harness; lm_eval.simple_evaluate(model="zenlm", model_args="model=default", tasks=[...])
 
 model_args: model (default "default"), dtype (int4), device (else lm-eval's --device where usable, else
@@ -33,7 +33,7 @@ SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
 
 @register_model("zenlm")
 class ZenLM(LM):
-    def __init__(self, model: str = "default", dtype: str = "int4", device: str | None = None,
+    def __init__(self, model: str = "default", dtype: str = "auto", device: str | None = None,
                  max_num_seqs: int | str = 16, max_length: int | str | None = None, progress: bool = True, **unknown):
         super().__init__()
         if unknown:

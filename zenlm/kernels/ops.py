@@ -92,8 +92,8 @@ def _weight(kernel: str, qs, d, m, bits: int, K: int, N: int) -> tuple[int, int,
         ptrs, seen = (0, 0, 0), None
     if seen is not None and seen[0] is d and seen[1] is m and seen[2] == (bits, K, N, *ptrs):
         return ptrs
-    if bits not in (4, 8):
-        raise ValueError(f"{kernel}: bits must be 4 or 8, got {bits!r}")
+    if bits not in (4, 5, 8):
+        raise ValueError(f"{kernel}: bits must be 4, 5 or 8, got {bits!r}")
     _size(kernel, "N", N)
     if _size(kernel, "K", K) % GROUP:
         raise ValueError(f"{kernel}: K must be a multiple of {GROUP}, got {K}")
@@ -153,8 +153,8 @@ def linear(x: torch.Tensor, qs: torch.Tensor, d: torch.Tensor, m: torch.Tensor, 
 def quantize(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Float32 weight [N, K] -> (qs, d, m) in csrc/linear.c's layout, zero rows padding N to whole tiles."""
     k = "zen_quantize"
-    if bits not in (4, 8):
-        raise ValueError(f"{k}: bits must be 4 or 8, got {bits!r}")
+    if bits not in (4, 5, 8):
+        raise ValueError(f"{k}: bits must be 4, 5 or 8, got {bits!r}")
     _tensor(k, "w", w, (torch.float32,), (None, None))
     N, K = w.shape
     if not 0 < N <= INT_MAX or not 0 < K <= INT_MAX or K % GROUP:

@@ -1,4 +1,4 @@
-"""Weight-only quantized linears (4 or 8 bits, groups of 32), swapped into a model in place.
+"""Weight-only quantized linears (4, 5 or 8 bits, groups of 32), swapped into a model in place.
 
 QLinear keeps the weight as unsigned integers q with an fp16 scale d and offset m per group of 32
 inputs (w = d * q + m; the layout is kernels/csrc/linear.c's) and runs zenlm's own CPU kernel (zenlm.kernels):
@@ -21,18 +21,32 @@ GROUP, TILE = 32, 16  # inputs per scale, rows per tile (kernels/csrc/linear.c)
 MODES = {"int4": 4, "int8": 8}
 
 
+_BIT = 1 << torch.arange(8, dtype=torch.uint8)
+
+
 def _tile(q: torch.Tensor, bits: int) -> torch.Tensor:
     """uint8 q [Np, K] -> kernels/csrc/linear.c's byte layout [tiles, K/32 * bytes per block]."""
     Np, K = q.shape
-    b = q.view(Np // TILE, TILE, K // GROUP, 8, 4).permute(0, 2, 3, 1, 4)  # [t, g, quad, row, j]
+    T = Np // TILE
+    if bits == 5:  # the low four bits as a 4-bit block, then per quad a 64-bit mask of the fifth bits
+        fifth = (q >> 4).view(T, TILE, K // GROUP, 8, 4).permute(0, 2, 3, 1, 4).reshape(T, K // GROUP, 8, 8, 8)
+        masks = (fifth * _BIT).sum(-1, dtype=torch.uint8).view(T, K // GROUP, 64)  # bit row * 4 + j
+        return torch.cat([_tile(q & 15, 4).view(T, K // GROUP, -1), masks], -1).view(T, -1)
+    b = q.view(T, TILE, K // GROUP, 8, 4).permute(0, 2, 3, 1, 4)  # [t, g, quad, row, j]
     if bits == 4:
         b = b[:, :, 0::2] | b[:, :, 1::2] << 4  # quad 2o low nibble, 2o + 1 high
-    return b.reshape(Np // TILE, -1)
+    return b.reshape(T, -1)
 
 
 def _untile(qs: torch.Tensor, bits: int, K: int) -> torch.Tensor:
     """The inverse of _tile: [tiles, ...] -> uint8 q [Np, K]."""
     T = qs.shape[0]
+    if bits == 5:
+        blocks = qs.view(T, K // GROUP, -1)
+        low = _untile(blocks[..., :-64].reshape(T, -1), 4, K)
+        fifth = (blocks[..., -64:].reshape(T, K // GROUP, 8, 8, 1) & _BIT).ne(0).to(torch.uint8)
+        fifth = fifth.view(T, K // GROUP, 8, TILE, 4).permute(0, 3, 1, 2, 4).reshape(T * TILE, K)
+        return low | fifth << 4
     if bits == 4:
         b = qs.view(T, K // GROUP, 4, 1, TILE, 4)
         b = torch.cat([b & 15, b >> 4], dim=3).view(T, K // GROUP, 8, TILE, 4)
@@ -41,13 +55,14 @@ def _untile(qs: torch.Tensor, bits: int, K: int) -> torch.Tensor:
     return b.permute(0, 3, 1, 2, 4).reshape(T * TILE, K)
 
 
-def _quantize_torch(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """kernels/csrc/linear.c's zen_quantize in torch: per group, the min..max range or a shrunken one."""
+def group_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """kernels/csrc/linear.c's zen_quantize in torch, untiled: float [N, K] -> q uint8 [N, K], d and m fp16
+    [N, K/32]. Per group, the min..max range or (below 8 bits) the shrunken one with the least error."""
     N, K = w.shape
     g = w.view(N, K // GROUP, GROUP)
     lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
     levels, best = (1 << bits) - 1, None
-    for t in range(12 if bits == 4 else 1):
+    for t in range(1 if bits == 8 else 12):
         s = 1 - 0.02 * t
         d = ((hi - lo) * s / levels).half().float()
         m = (lo * s).half().float()
@@ -59,9 +74,20 @@ def _quantize_torch(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Ten
             better = err < best[0]
             best = tuple(torch.where(better, new, old) for new, old in zip((err, q, d, m), best))
     _, q, d, m = best
+    return q.to(torch.uint8).view(N, K), d.view(N, -1).half(), m.view(N, -1).half()
+
+
+def _tiled(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor, bits: int):
+    """Untiled codes (rows padded to whole tiles) -> the kernel's (qs, d, m) layout."""
+    N = q.shape[0]
     T = N // TILE
-    return (_tile(q.to(torch.uint8).view(N, K), bits), d.view(T, TILE, -1).transpose(1, 2).half().contiguous(),
-            m.view(T, TILE, -1).transpose(1, 2).half().contiguous())
+    d, m = (t.view(T, TILE, -1).transpose(1, 2).contiguous() for t in (d, m))  # [tiles, groups, 16]
+    return _tile(q, bits), d, m
+
+
+def _quantize_torch(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """kernels/csrc/linear.c's zen_quantize in torch, tiled ([N, K] with N a whole number of tiles)."""
+    return _tiled(*group_codes(w, bits), bits)
 
 
 class QLinear(nn.Module):
@@ -73,7 +99,7 @@ class QLinear(nn.Module):
     def __init__(self, K: int, N: int, bits: int, bias: bool, device: torch.device | str = "meta",
                  glu: bool = False):
         super().__init__()
-        assert bits in (4, 8) and K % GROUP == 0, f"need 4 or 8 bits and K % {GROUP} == 0, got {bits}, {K}"
+        assert bits in (4, 5, 8) and K % GROUP == 0, f"need 4, 5 or 8 bits and K % {GROUP} == 0, got {bits}, {K}"
         T = -(-N // TILE)
         self.register_buffer("qs", torch.empty(T, K * TILE * bits // 8, dtype=torch.uint8, device=device))
         self.register_buffer("d", torch.empty(T, K // GROUP, TILE, dtype=torch.float16, device=device))
@@ -93,6 +119,20 @@ class QLinear(nn.Module):
         if bias is not None:
             q.bias.copy_(bias.detach().float())
         return q.to(weight.device)
+
+    @classmethod
+    def from_codes(cls, q: torch.Tensor, d: torch.Tensor, m: torch.Tensor, bits: int, bias: torch.Tensor | None,
+                   glu: bool = False) -> QLinear:
+        """A weight given as its integers q [N, K] and fp16 d, m [N, K/32] (w = d * q + m per group of 32),
+        e.g. a GGUF file's own blocks (weights/transcode.py): nothing is re-quantized."""
+        N, K = q.shape
+        assert int(q.max()) < 1 << bits, f"codes of {bits} bits hold integers below {1 << bits}"
+        out = cls(K, N, bits, bias is not None, device="cpu", glu=glu)
+        pad = out.qs.shape[0] * TILE - N
+        out.qs, out.d, out.m = _tiled(*(F.pad(t, (0, 0, 0, pad)) for t in (q, d, m)), bits)
+        if bias is not None:
+            out.bias.copy_(bias.detach().float())
+        return out
 
     def spec(self) -> list:
         """What it takes to rebuild this module empty: [kind, K, N, bits, has_bias]."""

@@ -17,7 +17,7 @@ GRACE_S = 5  # seconds in-flight requests get to finish on shutdown
 
 
 def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, api_key: str | None = None,
-          dtype: str = "int4", device: str = "cpu", served_name: str | None = None, max_num_seqs: int = 16,
+          dtype: str = "auto", device: str = "cpu", served_name: str | None = None, max_num_seqs: int = 16,
           log_level: str = "warning", allowed_origins: str | None = None, allowed_hosts: str | None = None,
           max_body_bytes: int = 16 * 1024 * 1024, max_waiting: int = 256,
           kv_cache_tokens: int | None = None, before_load: Callable[[], None] | None = None) -> int:

@@ -119,7 +119,7 @@ def _q3_k(b: torch.Tensor, out: torch.Tensor) -> None:
     torch.mul(q, dl[:, :, None], out=out.view(n, 16, 16))
 
 
-def _k_scale_min(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def k_scale_min(b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Bytes 4..16 of a Q4_K/Q5_K block -> its 8 six-bit scales and 8 six-bit mins, [n, 8] each."""
     d, m, md = b[:, 4:8], b[:, 8:12], b[:, 12:16]
     sc = torch.cat([d & 0x3F, (md & 0x0F) | ((d >> 2) & 0x30)], dim=1)
@@ -131,7 +131,7 @@ def _q4_k(b: torch.Tensor, out: torch.Tensor) -> None:
     # d: f16, dmin: f16, scales: 8 x (6-bit scale, 6-bit min), qs: 128 bytes of nibbles
     # x = (d * scale) * q - (dmin * min), per 32-element sub-block
     n = b.shape[0]
-    sc, mn = _k_scale_min(b)
+    sc, mn = k_scale_min(b)
     dl = _half(b, 0) * sc.float()  # [n, 8]
     ml = _half(b, 2) * mn.float()
     q = _planes(b[:, 16:].view(n, 4, 32), (0, 4), 0x0F).view(n, 8, 32)
@@ -141,7 +141,7 @@ def _q4_k(b: torch.Tensor, out: torch.Tensor) -> None:
 def _q5_k(b: torch.Tensor, out: torch.Tensor) -> None:
     # as Q4_K, plus qh: 32 bytes whose bit j is the fifth bit of sub-block j
     n = b.shape[0]
-    sc, mn = _k_scale_min(b)
+    sc, mn = k_scale_min(b)
     dl = _half(b, 0) * sc.float()
     ml = _half(b, 2) * mn.float()
     q = _planes(b[:, 48:].view(n, 4, 32), (0, 4), 0x0F).view(n, 8, 32)
@@ -169,7 +169,7 @@ _FLOAT_TYPES = {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat
 SUPPORTED: frozenset[T] = frozenset(_FLOAT_TYPES) | frozenset(_BLOCK_KERNELS)
 
 
-def _as_bytes(data: np.ndarray | torch.Tensor) -> torch.Tensor:
+def as_bytes(data: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Raw tensor data (any dtype, numpy or torch) -> a flat uint8 torch view of the same bytes."""
     if isinstance(data, np.ndarray):
         data = np.ascontiguousarray(data)
@@ -197,7 +197,7 @@ def dequantize(data: np.ndarray | torch.Tensor, qtype: T, shape: tuple[int, ...]
     block, type_size = GGML_QUANT_SIZES[qtype]
     if shape and shape[-1] % block:
         raise ValueError(f"{qtype.name} rows hold whole blocks of {block} elements, got shape {shape}")
-    raw = _as_bytes(data)
+    raw = as_bytes(data)
     if raw.numel() != numel // block * type_size:
         raise ValueError(f"{qtype.name} tensor of shape {shape} has {numel // block * type_size} "
                          f"bytes, got {raw.numel()}")

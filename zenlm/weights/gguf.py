@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from gguf import GGMLQuantizationType
 
 from zenlm.config import Config
 from zenlm.weights.dequant import dequantize
-from zenlm.weights.gguf_reader import GGUFTensor
 from zenlm.weights.gguf_split import read_split
+from zenlm.weights.transcode import BITS
 
 _GLOBAL = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -59,6 +61,23 @@ def hf_names(name: str, shape: tuple[int, ...]) -> list[str]:
     return [f"model.layers.{layer}.{_BLOCK[part]}.{kind}"]
 
 
+@dataclass(slots=True)
+class Blocks:
+    """A tensor still in a GGUF file's quantized blocks (raw bytes [rows, bytes per row]), for a loader that
+    keeps the file's precision (weights/transcode.py) or dequantizes it (`dequantize`)."""
+
+    data: object
+    qtype: GGMLQuantizationType
+    shape: torch.Size
+    where: str  # the file and tensor, for errors
+
+    def dequantize(self) -> torch.Tensor:
+        try:
+            return dequantize(self.data, self.qtype, tuple(self.shape))
+        except ValueError as e:
+            raise ValueError(f"{self.where}: {e}") from None
+
+
 class GGUFCheckpoint:
     """An opened GGUF file (all shards of a split one): its metadata, its Config, its tensors under HF names."""
 
@@ -70,21 +89,18 @@ class GGUFCheckpoint:
     def __len__(self) -> int:
         return len(self.raw)
 
-    def tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """Yield (hf_name, float32 tensor), dequantizing one GGUF tensor at a time."""
+    def tensors(self, blocks: bool = False) -> Iterator[tuple[str, torch.Tensor | Blocks]]:
+        """Yield (hf_name, float32 tensor), dequantizing one GGUF tensor at a time; with blocks, the
+        tensors of a type weights/transcode.py carries over come as Blocks instead."""
         for t in self.raw.values():
             try:
                 names = hf_names(t.name, t.shape)
             except KeyError:
                 raise ValueError(f"{self.path}: unexpected tensor {t.name!r} for {self.config.arch}") from None
-            w = self._dequantize(t)
-            if len(names) == 1:
-                yield names[0], w
+            b = Blocks(t.data, t.qtype, torch.Size(t.shape), f"{self.path}: tensor {t.name}")
+            if blocks and t.qtype in BITS and len(t.shape) >= 2:
+                parts = [b] if len(names) == 1 else [Blocks(x, t.qtype, b.shape[1:], b.where) for x in t.data]
             else:
-                yield from zip(names, w.unbind(0))
-
-    def _dequantize(self, t: GGUFTensor) -> torch.Tensor:
-        try:
-            return dequantize(t.data, t.qtype, t.shape)
-        except ValueError as e:
-            raise ValueError(f"{self.path}: tensor {t.name}: {e}") from None
+                w = b.dequantize()
+                parts = [w] if len(names) == 1 else w.unbind(0)
+            yield from zip(names, parts)

@@ -20,16 +20,17 @@ from tqdm import tqdm
 
 from zenlm.config import Config
 from zenlm.kernels.norm import NativeRMSNorm
-from zenlm.model import RMSNorm, Transformer, checkpoint_layout, checkpoint_state_dict
+from zenlm.model import RMSNorm, SwiGLULinear, Transformer, checkpoint_layout, checkpoint_state_dict
 from zenlm.quant.linear import QEmbedding, QLinear, quantize_linear
 from zenlm.tokenizer import Tokenizer
 from zenlm.weights import prequantized
 from zenlm.weights.defaults import gguf_generation_config
-from zenlm.weights.gguf import GGUFCheckpoint
+from zenlm.weights.gguf import Blocks, GGUFCheckpoint
 from zenlm.weights.registry import cache_dir, resolve
 from zenlm.weights.safetensors import checkpoint_files, read_safetensors
+from zenlm.weights.transcode import Codes, concat, float_codes, gguf_codes
 
-QUANT_MODES = ("int4", "int8")
+QUANT_MODES = ("auto", "int4", "int8")
 
 
 @dataclass(slots=True)
@@ -46,7 +47,9 @@ def load(name: str | Path | None = "default", dtype: torch.dtype = torch.float32
     """Load a model by name ("default", a .gguf file, an HF directory or a hub name: registry.py).
 
     quant ("int4" | "int8") quantizes every linear as its weights arrive, so the float weights of
-    the whole model never sit in memory at once; the rest of the model then runs in `dtype`.
+    the whole model never sit in memory at once; the rest of the model then runs in `dtype`. "auto"
+    keeps a GGUF file's precision per tensor (4, 5 or 8 bits: weights/transcode.py) and puts float
+    weights in 8 bits.
     """
     src = resolve(name, progress)
     if src.kind == "preset":
@@ -55,7 +58,7 @@ def load(name: str | Path | None = "default", dtype: torch.dtype = torch.float32
     if src.kind == "gguf":
         ckpt = GGUFCheckpoint(src.path)
         path, files = ckpt.files[0], ckpt.files  # a split file: its first shard names it
-        config, tensors, count = ckpt.config, ckpt.tensors(), len(ckpt)
+        config, tensors, count = ckpt.config, ckpt.tensors(blocks=quant == "auto"), len(ckpt)
         tokenizer = Tokenizer.from_gguf(ckpt.meta)
         gen = gguf_generation_config(ckpt.meta)  # the file's identity decides, not the name it came by
     else:
@@ -90,13 +93,15 @@ def _prequantized_path(src: Path, quant: str, dtype: torch.dtype, files: list[Pa
     import zenlm.model
     from zenlm.kernels import loader
     from zenlm.quant import linear
+    from zenlm.weights import dequant, transcode
 
     files = files or (sorted(src.glob("*.safetensors")) if src.is_dir() else [src])
     h = hashlib.sha256(f"{src.resolve()}|{quant}|{dtype}".encode())
     for f in files:
         st = f.stat()
         h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
-    for code in (Path(__file__), Path(zenlm.model.__file__), Path(linear.__file__), *loader.QUANTIZER):
+    for code in (Path(__file__), Path(zenlm.model.__file__), Path(linear.__file__), Path(transcode.__file__),
+                 Path(dequant.__file__), *loader.QUANTIZER):
         h.update(code.read_bytes())
     return cache_dir() / "quantized" / f"{_copy_prefix(src, quant, str(dtype))}-{h.hexdigest()[:16]}.safetensors"
 
@@ -147,26 +152,51 @@ def build(config: Config, tensors: Iterator[tuple[str, torch.Tensor]], path: Pat
         if target.rpartition(".")[0] in quantized:
             need.setdefault(target.rpartition(".")[0], set()).add(name)
     sd: dict[str, torch.Tensor] = {}
+    parts: dict[str, list[Part]] = {}  # auto: each linear's weight parts so far
     received: set[str] = set()
+    emb: Codes | None = None  # auto: the embedding table's own codes
     for name, t in tensors:
         if name not in expected:
             raise ValueError(f"{path}: unexpected tensor {name!r} for this {config.arch} config")
         if t.shape != expected[name]:
-            if t.numel() != expected[name].numel():
+            if isinstance(t, Blocks) or t.numel() != expected[name].numel():
                 raise ValueError(f"{path}: tensor {name} has shape {tuple(t.shape)}, "
                                  f"expected {tuple(expected[name])}")
             t = t.reshape(expected[name])
         received.add(name)
         target, rows = layout[name]
         owner = target.rpartition(".")[0]
+        if quant == "auto" and owner in need and target.endswith(".weight"):
+            code = gguf_codes(t.data, t.qtype, tuple(t.shape)) if isinstance(t, Blocks) else t
+            parts.setdefault(owner, []).append((0 if rows is None else rows.start, code))
+            need[owner].discard(name)
+            if not need[owner]:
+                _install_parts(model, owner, sd, parts.pop(owner), dtype, device)
+                del need[owner]
+            continue
+        if isinstance(t, Blocks):
+            if quant == "auto" and name == "model.embed_tokens.weight":
+                emb = gguf_codes(t.data, t.qtype, tuple(t.shape))
+                continue
+            t = t.dequantize()
         if owner in need:  # kept as it came until its linear is whole
             _fill(sd, target, rows, t, model, t.dtype, "cpu")
             need[owner].discard(name)
             if not need[owner]:
-                _install(model, owner, sd, quant, dtype, device)
+                if quant == "auto":
+                    _install_parts(model, owner, sd, parts.pop(owner), dtype, device)
+                else:
+                    _install(model, owner, sd, quant, dtype, device)
                 del need[owner]
         else:
             _fill(sd, target, rows, t, model, dtype, device)
+    if emb is not None:  # auto: the table at the file's precision (and the head tied to it, the same codes)
+        table = QLinear.from_codes(emb.q, emb.d, emb.m, emb.bits, None).to(device)
+        model.model.embed_tokens = QEmbedding(table, dtype)
+        if config.tie_word_embeddings and "lm_head" in need:
+            model.lm_head = table
+            received.add("lm_head.weight")
+            del need["lm_head"]
     if config.tie_word_embeddings and "model.embed_tokens.weight" in sd:
         if "lm_head" in need:  # quantize the head from the embedding it is tied to
             sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
@@ -176,8 +206,8 @@ def build(config: Config, tensors: Iterator[tuple[str, torch.Tensor]], path: Pat
         elif "lm_head.weight" not in received:
             sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
             received.add("lm_head.weight")
-    emb = sd.get("model.embed_tokens.weight")
-    if quant and emb is not None and emb.shape[1] % 32 == 0:  # the table too: a lookup dequantizes its rows
+    table = sd.get("model.embed_tokens.weight")
+    if quant and table is not None and table.shape[1] % 32 == 0:  # the table too: a lookup dequantizes its rows
         model.model.embed_tokens = QEmbedding(QLinear.from_float(sd.pop("model.embed_tokens.weight"), None, 8), dtype)
     missing = [k for k in layout if k not in received]
     if missing:
@@ -207,7 +237,26 @@ def _install(model: Transformer, owner: str, sd: dict[str, torch.Tensor], quant:
     linear.weight = nn.Parameter(sd.pop(f"{owner}.weight"), requires_grad=False)
     if linear.bias is not None:
         linear.bias = nn.Parameter(sd.pop(f"{owner}.bias"), requires_grad=False)
-    q = quantize_linear(linear, quant)
+    q = quantize_linear(linear, "int8" if quant == "auto" else quant)
     if q is linear:  # a width the kernel cannot take: it stays in float, in the model's dtype
         q.to(dtype=dtype)
+    model.set_submodule(owner, q.to(device))
+
+
+Part = tuple[int, Codes | torch.Tensor]  # a linear's weight part under auto: its first row, its codes or floats
+
+
+def _install_parts(model: Transformer, owner: str, sd: dict[str, torch.Tensor], parts: list[Part],
+                   dtype: torch.dtype, device: str | torch.device) -> None:
+    """auto: one whole linear from its weight parts (a fused q/k/v or gate/up has several), each a GGUF
+    tensor's codes or a float tensor; float parts alone are quantized to 8 bits as usual."""
+    parts = [p for _, p in sorted(parts, key=lambda p: p[0])]
+    if all(isinstance(p, torch.Tensor) for p in parts):
+        sd[f"{owner}.weight"] = torch.cat(parts) if len(parts) > 1 else parts[0]
+        _install(model, owner, sd, "auto", dtype, device)
+        return
+    codes = concat([p if isinstance(p, Codes) else float_codes(p, 8) for p in parts])
+    linear = model.get_submodule(owner)
+    bias = sd.pop(f"{owner}.bias") if linear.bias is not None else None
+    q = QLinear.from_codes(codes.q, codes.d, codes.m, codes.bits, bias, glu=isinstance(linear, SwiGLULinear))
     model.set_submodule(owner, q.to(device))

@@ -1,10 +1,12 @@
-/* Weight-only quantized linears: y = x @ W^T + bias with W in 4 or 8 bits, and the quantizer.
+/* Weight-only quantized linears: y = x @ W^T + bias with W in 4, 5 or 8 bits, and the quantizer.
  *
- * A weight [N, K] is stored as unsigned integers q (4 or 8 bits) in groups of 32 along K, each
+ * A weight [N, K] is stored as unsigned integers q (4, 5 or 8 bits) in groups of 32 along K, each
  * group with an fp16 scale d and an fp16 offset m per row: w = d * q + m. Rows are interleaved in
  * tiles of 16 so that one 512-bit register holds the same 4 inputs of 16 rows: for tile t and
  * group g the block holds, for each quad of inputs k = g*32 + 4*qd + j, the bytes (qd, row, j).
  * 4 bits: 64-byte octet o holds quad 2o in its low nibbles and quad 2o+1 in its high ones.
+ * 5 bits: the low four bits as the 4-bit block (256 bytes), then one 64-bit mask per quad qd whose bit
+ * row * 4 + j is the fifth bit of (qd, row, j): one AVX-512 byte mask, added in as 16 (GGUF's Q5_0/Q5_1/Q5_K).
  * d and m are [tiles, groups, 16]. Activations are quantized to int8 per group of 32 on the fly,
  * so a group's dot is d * dx * sum(q * xq) + m * dx * sum(xq); the integer sums run on
  * AVX512-VNNI (vpdpbusd) or AVX2 (vpmaddubsw, vpmaddwd) where the CPU has it, in plain C elsewhere.
@@ -20,11 +22,18 @@ static inline float clampf(float x, float lo, float hi) { return x < lo ? lo : x
 
 static inline size_t block_bytes(int bits) { return (size_t)R * G * bits / 8; }
 
+/* the fifth bits of quad qd in a 5-bit block: bit row * 4 + j */
+static inline uint64_t fifth_bits(const uint8_t *blk, int qd) {
+    uint64_t m;
+    memcpy(&m, blk + R * G / 2 + qd * 8, 8);
+    return m;
+}
+
 /* byte offset of (row r, input kk in 0..31) inside a tile-group block, and its nibble (4 bits) */
 static inline size_t byte_of(int bits, int r, int kk, int *high) {
     int qd = kk / 4, j = kk % 4;
     if (bits == 8) { *high = 0; return (size_t)qd * 64 + r * 4 + j; }
-    *high = qd & 1;
+    *high = qd & 1; /* 4 bits, and the low four of 5 bits */
     return (size_t)(qd / 2) * 64 + r * 4 + j;
 }
 
@@ -85,12 +94,15 @@ static inline __attribute__((always_inline)) void tile_vnni(const uint8_t *qt, c
         if (MC > 2) /* compute-bound: fetch ahead; one row streams fine on its own */
             for (size_t o = 0; o < bb; o += 64) _mm_prefetch((const char *)blk + ahead + o, _MM_HINT_T0);
         __m512i w[8];
-        if (bits == 4) {
+        if (bits != 8) {
             for (int o = 0; o < 4; o++) {
                 __m512i v = _mm512_loadu_si512(blk + o * 64);
                 w[2 * o] = _mm512_and_si512(v, lo4);
                 w[2 * o + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
             }
+            if (bits == 5)
+                for (int q = 0; q < 8; q++)
+                    w[q] = _mm512_mask_add_epi8(w[q], (__mmask64)fifth_bits(blk, q), w[q], _mm512_set1_epi8(16));
         } else {
             for (int q = 0; q < 8; q++) w[q] = _mm512_loadu_si512(blk + q * 64);
         }
@@ -124,6 +136,15 @@ static void store_row(__m512 v, const float *bias, int n0, int nr, void *y, int 
 /* The same tile product in 256-bit registers, 8 rows (half h of the tile) at a time: u8 x s8 pairs
  * summed to int16 (vpmaddubsw), then to int32 (vpmaddwd). With 4-bit weights the eight int16 sums
  * of a group stay below 8 * 2 * 15 * 127 < 2^15; an 8-bit weight is split into its two nibbles. */
+/* 32 bits -> 32 bytes, byte i = bit i (0 or 1) */
+static inline __m256i bytes_of_bits(uint32_t b) {
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+    const __m256i v = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)b), spread), bit);
+    return _mm256_and_si256(_mm256_cmpeq_epi8(v, bit), _mm256_set1_epi8(1));
+}
+
 static inline __m256i dot_nibbles(const __m256i *w, const int32_t *x) {
     __m256i s16 = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32(x[0]));
     for (int q = 1; q < 8; q++) s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(w[q], _mm256_set1_epi32(x[q])));
@@ -140,9 +161,9 @@ static inline __attribute__((always_inline)) void tile_avx2(const uint8_t *qt, c
         const uint8_t *blk = qt + g * bb;
         for (int h = 0; h < 2; h++) {
             __m256i w[8], hi[8];
-            for (int o = 0; o < (bits == 4 ? 4 : 8); o++) {
+            for (int o = 0; o < (bits == 8 ? 8 : 4); o++) {
                 const __m256i v = _mm256_loadu_si256((const __m256i *)(blk + o * 64 + h * 32));
-                if (bits == 4) {
+                if (bits != 8) {
                     w[2 * o] = _mm256_and_si256(v, lo4);
                     w[2 * o + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
                 } else {
@@ -150,13 +171,15 @@ static inline __attribute__((always_inline)) void tile_avx2(const uint8_t *qt, c
                     hi[o] = _mm256_and_si256(_mm256_srli_epi16(v, 4), lo4);
                 }
             }
+            if (bits == 5) /* the fifth bits, as bytes of 0 or 1 weighing 16 */
+                for (int q = 0; q < 8; q++) hi[q] = bytes_of_bits((uint32_t)(fifth_bits(blk, q) >> (32 * h)));
             const __m256 dv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(dt + g * R + 8 * h)));
             const __m256 mv = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(mt + g * R + 8 * h)));
             for (int i = 0; i < MC; i++) {
                 const size_t row = (size_t)(m0 + i);
                 const int32_t *x = (const int32_t *)(a->xq + row * a->K + g * G);
                 __m256i s = dot_nibbles(w, x);
-                if (bits == 8) s = _mm256_add_epi32(s, _mm256_slli_epi32(dot_nibbles(hi, x), 4));
+                if (bits != 4) s = _mm256_add_epi32(s, _mm256_slli_epi32(dot_nibbles(hi, x), 4));
                 __m256 *c = acc + 2 * i + h;
                 *c = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dv, _mm256_set1_ps(a->dx[row * a->ng + g])), *c);
                 *c = _mm256_fmadd_ps(mv, _mm256_set1_ps(a->sx[row * a->ng + g]), *c);
@@ -176,7 +199,9 @@ static inline void store_one(float v, const float *bias, int n, void *y, int y_b
 static inline int q_at(const uint8_t *blk, int bits, int r, int kk) {
     int high;
     uint8_t b = blk[byte_of(bits, r, kk, &high)];
-    return bits == 8 ? b : high ? b >> 4 : b & 15;
+    if (bits == 8) return b;
+    const int q = high ? b >> 4 : b & 15;
+    return bits == 4 ? q : q | (int)(fifth_bits(blk, kk / 4) >> (r * 4 + kk % 4) & 1) << 4;
 }
 
 /* y[M, N] = x[M, K] @ W^T + bias; x and y are float32 or bfloat16 (flags). K % 32 == 0. With glu,
@@ -264,7 +289,7 @@ int zen_linear(const void *x, int x_bf16, int M, int K, int glu, const uint8_t *
 }
 
 /* Float32 weights [N, K] -> tiled q, d, m (zero rows pad N up to whole tiles). Per group: the
- * min..max range on 2^bits - 1 steps; for 4 bits also a few shrunken ranges, keeping the one with
+ * min..max range on 2^bits - 1 steps; for 4 and 5 bits also a few shrunken ranges, keeping the one with
  * the least squared error. */
 void zen_quantize(const float *w, int N, int K, int bits, uint8_t *qs, f16 *d, f16 *mn) {
     const int ng = K / G, levels = (1 << bits) - 1, tiles = (N + R - 1) / R;
@@ -278,7 +303,7 @@ void zen_quantize(const float *w, int N, int K, int bits, uint8_t *qs, f16 *d, f
                 float lo = v[0], hi = v[0];
                 for (int j = 1; j < G; j++) { lo = v[j] < lo ? v[j] : lo; hi = v[j] > hi ? v[j] : hi; }
                 float best_err = INFINITY, bd = 0.f, bm = lo;
-                const int tries = bits == 4 ? 12 : 1;
+                const int tries = bits == 8 ? 1 : 12;
                 for (int s = 0; s < tries; s++) {
                     float shrink = 1.f - 0.02f * s;
                     float sd = (float)(f16)((hi - lo) * shrink / levels), sm = (float)(f16)(lo * shrink), err = 0.f;
@@ -315,8 +340,14 @@ void zen_quantize(const float *w, int N, int K, int bits, uint8_t *qs, f16 *d, f
                 for (int qd = 0; qd < 8; qd++)
                     if (bits == 8) memcpy(blk + qd * 64, &word[qd], 4);
                     else if (qd % 2 == 0) {
-                        uint32_t both = word[qd] | word[qd + 1] << 4;
+                        uint32_t both = (word[qd] & 0x0F0F0F0Fu) | (word[qd + 1] & 0x0F0F0F0Fu) << 4;
                         memcpy(blk + qd / 2 * 64, &both, 4);
+                    }
+                if (bits == 5) /* row r's fifth bits: 4 bits of each quad's mask (blk is at row r's bytes) */
+                    for (int qd = 0; qd < 8; qd++) {
+                        uint8_t *mb = blk - r * 4 + R * G / 2 + qd * 8 + r / 2, shift = (uint8_t)(r % 2 * 4), four = 0;
+                        for (int j = 0; j < 4; j++) four |= (uint8_t)((best[qd * 4 + j] >> 4 & 1) << j);
+                        *mb = (uint8_t)((*mb & ~(15 << shift)) | four << shift);
                     }
             }
         }
