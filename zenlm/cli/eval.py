@@ -17,13 +17,13 @@ def cmd_eval(args) -> int:
 
     tasks = parse_tasks(args.tasks)  # bad input fails before a model loads
     limit, shots = count("--limit", args.limit, 1), count("--num-shots", args.num_shots, 0)
+    max_tokens = count("--max-tokens", args.max_tokens, 1)
+    prepared = {}
     if "mc" in tasks:
         from zenlm.eval.tasks.mc import MC
 
-        MC(**_mc_options(args))  # reads and checks the question files before a model loads
-    max_tokens = count("--max-tokens", args.max_tokens, 1)
-    if "needle" in tasks:
-        _needle_options(args, None)  # bad needle flags fail before a model loads
+        prepared["mc"] = MC(data=args.data, dev_data=args.dev_data)  # the question files, read and checked
+    needle = _needle_options(args) if "needle" in tasks else None
     if args.base_url:
         from zenlm.eval.backends import OpenAIBackend
 
@@ -35,40 +35,25 @@ def cmd_eval(args) -> int:
         pull_first(args.model)
         backend = EngineBackend(args.model or "default", args.dtype, args.device, progress=sys.stderr.isatty(),
                                 max_num_seqs=count("--max-num-seqs", args.max_num_seqs, 1))
+    if needle is not None:  # the grid is capped by the model's context, lengths counted by its tokenizer
+        from zenlm.eval.tasks.needle import Needle
+
+        prepared["needle"] = Needle(**needle, context_length=backend.context_length, counter=backend.token_counter())
     results = run(tasks, backend, args.output, limit, shots, max_tokens, args.mode,
-                  progress=not args.no_progress, task_options=_task_options(args, backend))
+                  progress=not args.no_progress, prepared=prepared)
     print(table(results))
     if args.json:
         print(json.dumps(summary(results)))
     return 0
 
 
-def _task_options(args, backend) -> dict[str, dict]:
-    """Each task's constructor arguments, from its own flags (and what the backend knows of the model)."""
-    from zenlm.eval.run import parse_tasks
-
-    tasks, options = parse_tasks(args.tasks), {}
-    if "mc" in tasks:
-        options["mc"] = _mc_options(args)
-    if "needle" in tasks:
-        options["needle"] = _needle_options(args, backend)
-    return options
-
-
-def _needle_options(args, backend) -> dict:
-    """--max-context and --depths checked; with a backend, the model's context and its token counter."""
+def _needle_options(args) -> dict:
+    """--max-context and --depths, checked before a model loads."""
     from zenlm.eval.tasks.needle import lengths, parse_depths
 
     max_context = count("--max-context", args.max_context, 1)
     lengths(None, max_context)  # the same one-line error the task gives
-    options = {"max_context": max_context, "depths": parse_depths(args.depths)}
-    if backend is not None:
-        options |= {"context_length": backend.context_length, "counter": backend.token_counter()}
-    return options
-
-
-def _mc_options(args) -> dict:
-    return {"data": args.data, "dev_data": args.dev_data}
+    return {"max_context": max_context, "depths": parse_depths(args.depths)}
 
 
 def cmd_lm_eval(args) -> int:

@@ -78,9 +78,11 @@ class _Ledger:
 
 def run(task_names: list[str], backend: Backend, output: str | Path, limit: int | None = None,
         num_shots: int | None = None, max_tokens: int = 512, mode: str = "auto", progress: bool = True,
-        score_workers: int = 4, task_options: dict[str, dict] | None = None) -> dict[str, dict]:
+        score_workers: int = 4, task_options: dict[str, dict] | None = None,
+        prepared: dict[str, Task] | None = None) -> dict[str, dict]:
     """Evaluate each task; returns (and writes to OUTPUT/results.json) {task: its result row}.
-    task_options: keyword arguments for a task's constructor, by task name (mc: its data path)."""
+    task_options: keyword arguments for a task's constructor, by task name (mc: its data path);
+    prepared: tasks already built, by name (the CLI builds those with flags before a model loads)."""
     from zenlm.eval.tasks import TASKS
 
     if limit is not None and limit < 1:
@@ -94,7 +96,7 @@ def run(task_names: list[str], backend: Backend, output: str | Path, limit: int 
     results_path, samples_path = out / "results.json", out / "samples.jsonl"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for name in task_names:
-        task: Task = TASKS[name](**(task_options or {}).get(name, {}))
+        task: Task = (prepared or {}).get(name) or TASKS[name](**(task_options or {}).get(name, {}))
         samples = task.samples(chosen, num_shots)[:limit]
         t0 = time.perf_counter()
         rows, asked = _answer(task, samples, backend, samples_path, max_tokens, progress, score_workers)
