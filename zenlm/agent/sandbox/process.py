@@ -82,11 +82,24 @@ class Tree:
             except ProcessLookupError:
                 pass
             self.proc.wait()
+            _wait_until_gone(self.proc.pid)
         if self.lifeline >= 0:
             os.close(self.lifeline)
             self.lifeline = -1
         code = self.proc.returncode
         return 128 - code if code < 0 else code
+
+
+def _wait_until_gone(group: int, patience: float = 2.0) -> None:
+    """SIGKILL takes effect asynchronously: wait (a little) until no process of the group is left. With
+    namespaces it is already so (the init of a PID namespace exits only after every process in it)."""
+    deadline = time.monotonic() + patience
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(group, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.01)
 
 
 def spawn(level: Level, argv: list[str], workdir: str, limits: Limits, cpu_seconds: int, env: dict[str, str],
