@@ -5,6 +5,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -148,6 +149,23 @@ def processes_with(marker: str) -> list[int]:
         except OSError:
             pass
     return found
+
+
+def test_the_tree_dies_with_its_host():
+    marker = f"zen-sandbox-test-{uuid.uuid4().hex}"
+    host = subprocess.Popen([sys.executable, "-c", (
+        "import time\nfrom zenlm.agent.sandbox import Session\ns = Session()\n"
+        f"s.run(\"import subprocess, sys\\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', "
+        f"'{marker}'])\")\nprint('ready', flush=True)\ntime.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert host.stdout.readline() == "ready\n" and processes_with(marker)
+    finally:
+        host.kill()  # SIGKILL: no clean-up code runs in the host
+        host.wait()
+    deadline = time.monotonic() + 10
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not processes_with(marker)  # the launcher saw its lifeline close and killed the tree
 
 
 def test_work_directory_files_go_in_and_the_host_directory_is_left_alone(tmp_path):

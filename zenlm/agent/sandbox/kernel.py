@@ -22,8 +22,8 @@ import sys
 import traceback
 import types
 
-MAX_IMAGES = 16
-MAX_IMAGE_BYTES = 8 << 20
+MAX_IMAGES = 8
+MAX_IMAGE_BYTES = 4 << 20
 MAX_REQUEST = 64 << 20
 _FIGURES_SOURCE = """
 from matplotlib.backends.backend_agg import FigureCanvasAgg as FigureCanvas

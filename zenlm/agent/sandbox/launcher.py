@@ -177,9 +177,8 @@ def _init(cfg: dict) -> None:
             signal.signal(sig, signal.SIG_DFL)
         _exec_program(cfg, workdir)
     os.close(cfg["status_fd"])
-    for fd in (cfg.get("control_fd"),):
-        if fd is not None:
-            os.close(fd)
+    if cfg.get("control_fd") is not None:
+        os.close(cfg["control_fd"])
     while True:
         done, status = os.wait()
         if done == pid:

@@ -29,8 +29,8 @@ from zenlm.agent.sandbox.output import capture_file, read_capped
 from zenlm.agent.sandbox.process import SandboxError, Tree, check_workdir, program_env, spawn
 
 KERNEL_SOURCE = Path(__file__).with_name("kernel.py").read_text()
-MAX_CODE = 16 << 20
-MAX_REPLY = 48 << 20  # the kernel sends at most 16 PNGs of 8 MiB, base64; anything longer is not a reply
+MAX_CODE = 1 << 20  # characters in one cell
+MAX_REPLY = 48 << 20  # the kernel sends at most 8 PNGs of 4 MiB, base64; anything longer is not a reply
 SESSION_CPU_SECONDS = 3600  # RLIMIT_CPU of a kernel, summed over all its cells
 _PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -144,7 +144,7 @@ class Session:
         if not isinstance(code, str):
             raise ValueError(f"a cell is a str of Python code, got {type(code).__name__}")
         if len(code) > MAX_CODE:
-            raise ValueError(f"a cell is limited to {MAX_CODE >> 20} MiB of code")
+            raise ValueError(f"a cell is limited to {MAX_CODE:,} characters of code")
         with self._lock:
             if self._closed:
                 raise ValueError("this sandbox session is closed")
