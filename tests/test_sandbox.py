@@ -1,12 +1,14 @@
 """The code interpreter's sandbox: levels, stateful sessions (state, errors, figures, timeouts, restarts, output
 caps), one-shot programs, and `zen sandbox`'s exit statuses. The attacks are in test_sandbox_attacks.py."""
 
+import ast
 import os
 import struct
 import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +37,16 @@ def test_the_strongest_level_here():
     if os.geteuid() == 0 and abi() >= 1:
         assert level is Level.FULL and not level.degraded
     assert default_sandbox().level is level  # the eval harness runs at the same level
+
+
+def test_what_runs_inside_imports_only_the_standard_library():
+    root = Path(__file__).resolve().parent.parent / "zenlm" / "agent" / "sandbox"
+    for name in ("launcher.py", "kernel.py", "landlock.py", "syscalls.py"):
+        body = ast.parse((root / name).read_text()).body  # module level; the kernel imports pyplot after a cell did
+        modules = {a.name for n in body if isinstance(n, ast.Import) for a in n.names}
+        modules |= {n.module for n in body if isinstance(n, ast.ImportFrom) and n.module}
+        tops = {m.split(".")[0] for m in modules} - {"__future__", "landlock", "syscalls"}
+        assert tops <= sys.stdlib_module_names, (name, tops - sys.stdlib_module_names)
 
 
 def test_level_names():
