@@ -144,11 +144,21 @@ def test_close_ends_every_process_of_the_session(level):
     r = s.run(f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', "
               f"'{marker}'])\n")
     assert r.error is None, r.stderr
-    assert processes_with(marker), "the child should be running before close()"
+    assert wait_for(lambda: processes_with(marker)), "the child should be running before close()"
     s.close()
-    assert not processes_with(marker)
+    assert not processes_with(marker)  # close() returns once the whole tree is gone
     with pytest.raises(ValueError, match="closed"):
         s.run("1")
+
+
+def wait_for(condition, patience: float = 10.0) -> bool:
+    """Poll until condition() holds; whether it did within `patience` seconds (a bound, not a measurement)."""
+    deadline = time.monotonic() + patience
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def processes_with(marker: str) -> list[int]:
@@ -170,14 +180,11 @@ def test_the_tree_dies_with_its_host():
         f"s.run(\"import subprocess, sys\\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', "
         f"'{marker}'])\")\nprint('ready', flush=True)\ntime.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
     try:
-        assert host.stdout.readline() == "ready\n" and processes_with(marker)
+        assert host.stdout.readline() == "ready\n" and wait_for(lambda: processes_with(marker))
     finally:
         host.kill()  # SIGKILL: no clean-up code runs in the host
         host.wait()
-    deadline = time.monotonic() + 10
-    while processes_with(marker) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not processes_with(marker)  # the launcher saw its lifeline close and killed the tree
+    assert wait_for(lambda: not processes_with(marker))  # the launcher saw its lifeline close, killed the tree
 
 
 def test_work_directory_files_go_in_and_the_host_directory_is_left_alone(tmp_path):

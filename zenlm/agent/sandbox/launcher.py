@@ -33,6 +33,7 @@ SYSTEM_READ = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "
                "/etc/mime.types", "/etc/fonts", "/dev/urandom", "/dev/random", "/dev/zero", "/sys/devices/system/cpu"]
 DEVICES_RW = ["/dev/null"]
 SCRATCH = ["/tmp", "/var/tmp", "/dev/shm"]  # world-writable on the host: a small private tmpfs each, inside
+HIDDEN = ["/run"]  # daemons' unix sockets (connecting to one is not a Landlock right): an empty tmpfs, inside
 MAX_COPY_FILES = 512
 IGNORED_BY_INIT = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
                    signal.SIGALRM, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
@@ -241,10 +242,10 @@ def _under(path: str, top: str) -> bool:
 
 
 def _mount_plan(workdir: str, python_paths: list[str], root: bool) -> dict:
-    """What to mount: small fresh tmpfs over the world-writable scratch places and over every directory the
+    """What to mount: small fresh tmpfs over the world-writable scratch places, /run, and every directory the
     sandbox uid could not pass through on the way to the interpreter or the work directory; the interpreter's
     directories bound back where they were (their sources opened now, before anything hides them)."""
-    covers = [d for d in SCRATCH if os.path.isdir(d) and not os.path.islink(d)]
+    covers = [d for d in SCRATCH + HIDDEN if os.path.isdir(d) and not os.path.islink(d)]
     for p in [*python_paths, workdir]:
         if any(_under(p, c) for c in covers):
             continue

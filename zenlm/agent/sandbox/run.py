@@ -32,7 +32,8 @@ class RunResult:
 
 def run_program(source: str, *, timeout: float = 10.0, level: Level | str | None = None,
                 limits: Limits | None = None, name: str = "main.py", merge_output: bool = False) -> RunResult:
-    """Run `source` as the file `name` in its own empty work directory at `level` (default: the strongest)."""
+    """Run `source` as the file `name` in its own empty work directory at `level`: a Level is used as it is
+    (the caller resolved it), a name or None (the strongest) goes through resolve()."""
     if timeout <= 0:
         raise ValueError(f"sandbox timeout must be positive, got {timeout}")
     if os.path.basename(name) != name or not name.endswith(".py"):

@@ -120,7 +120,7 @@ class Session:
         self.limits = replace(limits or Limits(), memory_mb=memory_mb)
         self.timeout = float(timeout)
         self.startup_timeout = startup_timeout
-        self.level = level if isinstance(level, Level) else resolve(level)
+        self.level = resolve(level)  # checked, and warned about when degraded, once per session
         self._own_dir = workdir is None
         self.workdir = check_workdir(tempfile.mkdtemp(prefix="zenlm-session-") if workdir is None else str(workdir))
         self._lock = threading.Lock()
