@@ -132,7 +132,7 @@ def test_a_dead_kernel_is_restarted():
     with Session() as s:
         s.run("x = 1")
         r = s.run("import os\nprint('bye', flush=True)\nos._exit(7)")
-        assert r.stdout == "bye\n" and r.error.startswith("the sandbox kernel died (exit status 7)")
+        assert r.stdout == "bye\n" and r.error.startswith("SandboxError: the kernel died (exit status 7)")
         r = s.run("print('back')")
         assert r.stdout == "back\n" and r.error is None and "the kernel died" in r.stderr
 

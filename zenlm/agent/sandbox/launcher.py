@@ -273,7 +273,11 @@ def _apply_mounts(plan: dict, workdir: str, disk: int, inodes: int, uid: int) ->
 # ---- the program ---------------------------------------------------------------------------------------------
 
 def _confine_and_exec(cfg: dict, workdir: str, read: list[str]) -> None:
-    """Without namespaces: Landlock if asked, then the program (the launcher's process becomes it)."""
+    """Without namespaces: no capabilities (as root, the bounding set emptied too, so exec grants none), Landlock
+    if asked, then the program (the launcher's process becomes it)."""
+    if os.geteuid() == 0:
+        syscalls.drop_bounding_set()
+    syscalls.clear_capabilities()
     if cfg["landlock"]:
         landlock.restrict([*read, *cfg["python_paths"]], [workdir, *DEVICES_RW], cfg["landlock"])
     _exec_program(cfg, workdir)

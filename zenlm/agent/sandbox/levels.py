@@ -72,7 +72,7 @@ def resolve(level: Level | str | None = None) -> Level:
             raise ValueError(f"sandbox level {wanted.short} does not work on this host: {why}")
         chosen = wanted
     if chosen.degraded:
-        log.warning("SANDBOX DEGRADED to %s: %s", chosen.value, _exposure(chosen))
+        log.warning("SANDBOX DEGRADED: level %s; %s", chosen.short, _exposure(chosen))
     return chosen
 
 

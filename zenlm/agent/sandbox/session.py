@@ -167,15 +167,18 @@ class Session:
                 reply = kernel.reply(deadline)
             except (TimeoutError, socket.timeout):
                 self._lose(f"the previous cell ran past {self.timeout:g} s and the sandbox was killed", kernel)
-                return CellResult(read_capped(out, self.limits.output_bytes), read_capped(err, self.limits.output_bytes)
-                                  + f"\n[sandbox] killed after {self.timeout:g} s; the session's state is lost\n",
-                                  [], f"TimeoutError: the cell ran past {self.timeout:g} s", True)
+                stderr = read_capped(err, self.limits.output_bytes)
+                stderr += ("\n" if stderr and not stderr.endswith("\n") else "") + (
+                    f"[sandbox] killed after {self.timeout:g} s; the session's state is lost\n")
+                return CellResult(read_capped(out, self.limits.output_bytes), stderr, [],
+                                  f"TimeoutError: the cell ran past {self.timeout:g} s", True)
             except OSError:
                 reply = None
             stdout, stderr = read_capped(out, self.limits.output_bytes), read_capped(err, self.limits.output_bytes)
             if not isinstance(reply, dict) or not _valid(reply):
                 why = self._lose("the kernel died", kernel)
-                return CellResult(stdout, stderr, [], f"the sandbox kernel died ({why}); the session's state is lost")
+                return CellResult(stdout, stderr, [],
+                                  f"SandboxError: the kernel died ({why}); the session's state is lost")
             images = [png for png in map(_png, reply["images"]) if png is not None]
             return CellResult(stdout, stderr, images, reply["error"], False)
         finally:
