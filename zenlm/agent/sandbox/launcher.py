@@ -8,8 +8,8 @@ syscalls.py and landlock.py as top-level modules). With namespaces it becomes a 
           └ init, PID 1 of the new namespace: mounts, drops to the sandbox uid, no_new_privs, Landlock
               └ the program (rlimits set, then exec)
 
-When init exits, the kernel kills everything left in the PID namespace. Without namespaces the launcher sets
-Landlock (if asked) and the rlimits on itself and executes the program in place. Any failure before the
+When init exits, the kernel kills everything left in the PID namespace. Without namespaces the launcher drops
+every capability, sets Landlock (if asked) and the rlimits on itself and executes the program in place. Any failure before the
 program starts is written to the status pipe (which exec closes) and the process exits with status 125.
 """
 
