@@ -49,6 +49,24 @@ def test_what_runs_inside_imports_only_the_standard_library():
         assert tops <= sys.stdlib_module_names, (name, tops - sys.stdlib_module_names)
 
 
+def test_an_unprivileged_user_gets_the_strongest_level_too():
+    """As root, start the sandbox as uid 65534 (on the system Python, which that uid can reach): user
+    namespaces without privilege, the only id mapping an ordinary user may write, Landlock."""
+    root = Path(__file__).resolve().parent.parent
+    code = ("from zenlm.agent.sandbox import Level, run_program\n"
+            "r = run_program(\"import os, socket\\nst = open('/proc/self/status').read()\\n"
+            "print(os.getuid(), [l.split()[1] for l in st.splitlines() if l.startswith(('CapEff', 'NoNewPrivs'))])\\n"
+            "try:\\n    open('/etc/passwd')\\nexcept PermissionError:\\n    print('passwd denied')\\n"
+            "try:\\n    socket.create_connection(('127.0.0.1', 9))\\nexcept OSError as e:\\n    print(e.errno)\\n\", "
+            "level=Level.FULL)\nprint(r.exit_code, r.stdout, r.stderr)\n")
+    as_nobody = {"user": 65534, "group": 65534, "extra_groups": []} if os.geteuid() == 0 else {}
+    python = "/usr/bin/python3" if as_nobody else sys.executable
+    r = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60, cwd="/",
+                       env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"}, **as_nobody)
+    # exit status 0; inside uid 0 (the user's own uid, mapped), no capabilities, no_new_privs; Landlock; no network
+    assert r.stdout == "0 0 ['0000000000000000', '1']\npasswd denied\n101\n \n", r.stdout + r.stderr
+
+
 def test_level_names():
     assert parse("rlimits") is Level.RLIMITS and parse(Level.RLIMITS.value) is Level.RLIMITS
     assert parse("auto") is None and parse(None) is None
