@@ -9,8 +9,8 @@ syscalls.py and landlock.py as top-level modules). With namespaces it becomes a 
               └ the program (rlimits set, then exec)
 
 When init exits, the kernel kills everything left in the PID namespace. Without namespaces the launcher drops
-every capability, sets Landlock (if asked) and the rlimits on itself and executes the program in place. Any failure before the
-program starts is written to the status pipe (which exec closes) and the process exits with status 125.
+every capability, sets Landlock (if asked) and the rlimits on itself and executes the program in place. Any
+failure before the program starts is written to the status pipe (which exec closes); the process exits with 125.
 """
 
 from __future__ import annotations
