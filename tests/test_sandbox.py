@@ -3,9 +3,11 @@ caps), one-shot programs, and `zen sandbox`'s exit statuses. The attacks are in 
 
 import ast
 import os
+import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -146,6 +148,16 @@ def test_a_timeout_kills_the_session_and_the_next_cell_says_state_was_lost():
         assert s.run("y = 2\ny").stdout == "2\n" and not s.run("y").stderr
 
 
+def test_an_interrupted_cell_loses_the_session():
+    with Session() as s:
+        s.run("x = 1")
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()  # Ctrl-C while the cell runs
+        with pytest.raises(KeyboardInterrupt):
+            s.run("import time\ntime.sleep(30)")
+        r = s.run("x")  # not the sleeping cell's reply: a fresh kernel
+        assert r.error == "NameError: name 'x' is not defined" and "was interrupted" in r.stderr
+
+
 def test_a_dead_kernel_is_restarted():
     with Session() as s:
         s.run("x = 1")
@@ -191,10 +203,10 @@ def processes_with(marker: str) -> list[int]:
     return found
 
 
-def test_the_tree_dies_with_its_host():
+def test_the_tree_dies_with_its_host(tmp_path):
     marker = f"zen-sandbox-test-{uuid.uuid4().hex}"
     host = subprocess.Popen([sys.executable, "-c", (
-        "import time\nfrom zenlm.agent.sandbox import Session\ns = Session()\n"
+        f"import time\nfrom zenlm.agent.sandbox import Session\ns = Session({str(tmp_path)!r})\n"
         f"s.run(\"import subprocess, sys\\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', "
         f"'{marker}'])\")\nprint('ready', flush=True)\ntime.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
     try:

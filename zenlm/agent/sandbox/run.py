@@ -49,10 +49,11 @@ def run_program(source: str, *, timeout: float = 10.0, level: Level | str | None
         start = time.monotonic()
         tree = spawn(level, [sys.executable, "-I", name], workdir, limits, int(timeout) + 1,
                      program_env(workdir, "Agg"), out, out if merge_output else err)
-        code = tree.wait(max(0.0, timeout - (time.monotonic() - start)))
+        try:
+            code = tree.wait(max(0.0, timeout - (time.monotonic() - start)))
+        finally:
+            tree.kill()  # after a timeout, or an exception here (KeyboardInterrupt): the whole tree goes
         timed_out = code is None
-        if timed_out:
-            tree.kill()
         seconds = time.monotonic() - start
         return RunResult(code, read_capped(out, limits.output_bytes),
                          "" if merge_output else read_capped(err, limits.output_bytes), timed_out, level, seconds)

@@ -174,6 +174,9 @@ class Session:
                                   f"TimeoutError: the cell ran past {self.timeout:g} s", True)
             except OSError:
                 reply = None
+            except BaseException:  # interrupted (KeyboardInterrupt): the kernel may still be in this cell
+                self._lose("the previous cell was interrupted and the sandbox was killed", kernel)
+                raise
             stdout, stderr = read_capped(out, self.limits.output_bytes), read_capped(err, self.limits.output_bytes)
             if not isinstance(reply, dict) or not _valid(reply):
                 why = self._lose("the kernel died", kernel)
