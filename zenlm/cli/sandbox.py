@@ -1,11 +1,13 @@
 """`zen sandbox FILE.py`: run one Python file in the code sandbox, print its output, exit with its status.
 
-The exit status is the program's, 124 when it ran past --timeout, 125 when the sandbox could not be set up.
+The exit status is the program's, 124 when it ran past --timeout, 125 when the sandbox could not be set up,
+143 when zen itself got SIGTERM (the sandbox is killed and cleaned up first).
 --verbose reports the sandbox level on stderr; a degraded level always logs a warning there.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -27,6 +29,7 @@ def cmd_sandbox(args) -> int:
     if args.verbose:
         print(f"zen sandbox: level {level.value}", file=sys.stderr)
     name = path.name if path.suffix == ".py" and path.name.isprintable() else "main.py"
+    signal.signal(signal.SIGTERM, _terminated)  # so a SIGTERM still kills the tree and removes the work directory
     try:
         r = run_program(source, timeout=args.timeout, level=level, limits=limits, name=name)
     except SandboxError as e:
@@ -41,6 +44,10 @@ def cmd_sandbox(args) -> int:
         print(f"zen sandbox: killed after {args.timeout:g} s", file=sys.stderr)
         return 124
     return r.exit_code
+
+
+def _terminated(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 def add(sub) -> None:
