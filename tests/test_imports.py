@@ -17,8 +17,10 @@ ALLOWED = {
     "zenlm.engine": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights", "zenlm.kernels"},
     "zenlm.server": {"zenlm.engine", "zenlm.tokenizer"},  # HTTP over the engine, nothing below it
     "zenlm.train": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights"},  # never the engine
-    # drives the engine or an OpenAI URL; never the server (tool-call parsing is shared through tokenizer)
-    "zenlm.eval": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights", "zenlm.engine"},
+    # drives the engine or an OpenAI URL; never the server (tool-call parsing is shared through tokenizer);
+    # runs model-written code in the agent's sandbox
+    "zenlm.eval": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights", "zenlm.engine",
+                   "zenlm.agent.sandbox"},
 }
 
 
