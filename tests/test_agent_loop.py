@@ -1,6 +1,6 @@
 """The tool loop (zenlm/agent/loop.py, execute.py) driven by a scripted model: answers, parallel calls, tools
 that raise or hang, unknown tools, malformed arguments, the turn limit, the token budget, backend errors,
-and the same loop through each prompt format."""
+the repeat-call breaker, and the same loop through each prompt format."""
 
 import json
 import threading
@@ -9,6 +9,7 @@ import pytest
 from agent_script import Script, hermes_call
 
 from zenlm.agent import Agent, FinalAnswer, Stopped, TextDelta, Tool, ToolCall, ToolResult
+from zenlm.agent.loop import ANSWER_NOW
 
 
 def add(a: int, b: int) -> int:
@@ -251,3 +252,28 @@ def test_each_format_runs_the_loop(name):
     # the conversation is the same OpenAI shape whatever the format
     assert [m["role"] for m in result.messages] == ["user", "assistant", "tool", "assistant"]
     assert result.messages[1]["tool_calls"][0]["function"] == {"name": "add", "arguments": '{"a": 2, "b": 3}'}
+
+
+def test_repeated_calls_are_not_run_again_and_the_answer_is_asked_for():
+    again = hermes_call("add", '{"b": 3, "a": 2}')  # the same call, its keys in another order
+    script = Script([hermes_call("add", '{"a": 2, "b": 3}'), again, "It is 5."])
+    events, result = events_of(Agent(script, tools=[add]))
+    assert kinds(events) == ["ToolCall", "ToolResult", "FinalAnswer"]
+    assert (result.answer, result.turns, result.tool_calls) == ("It is 5.", 3, 1)
+    assert script.requests[2]["messages"][-1] == ANSWER_NOW and script.requests[2]["tools"] is None
+    assert script.requests[1]["tools"] is not None  # withheld only after the nudge
+    assert result.messages[-2:] == [ANSWER_NOW, {"role": "assistant", "content": "It is 5."}]
+
+
+def test_repeats_after_the_nudge_run_into_the_turn_limit():
+    script = Script([hermes_call("add", '{"a": 2, "b": 3}')] * 4)
+    events, result = events_of(Agent(script, tools=[add], max_turns=4))
+    assert result.stopped == "max_turns" and result.tool_calls == 1
+    assert sum(m == ANSWER_NOW for m in result.messages) == 1
+    assert [r["tools"] is None for r in script.requests] == [False, False, True, True]
+
+
+def test_the_breaker_can_be_turned_off():
+    script = Script([hermes_call("add", '{"a": 2, "b": 3}')] * 2 + ["5"])
+    _, result = events_of(Agent(script, tools=[add], break_repeats=False))
+    assert result.tool_calls == 2 and ANSWER_NOW not in result.messages
