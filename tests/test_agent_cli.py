@@ -7,6 +7,8 @@ import pytest
 import tiny_server
 from openai_script import content, scripted_app, tool_call
 
+from zenlm.agent.formats import FORMATS
+from zenlm.cli import agent as agent_cli
 from zenlm.cli import main
 
 
@@ -63,3 +65,7 @@ def test_bad_flags_are_one_line_and_exit_1(argv, message, capsys):
     assert main(["agent", "task", *argv]) == 1
     err = capsys.readouterr().err
     assert err.startswith("zen: error: ") and message in err and err.count("\n") == 1
+
+
+def test_format_choices_are_the_formats():
+    assert agent_cli.FORMATS == tuple(FORMATS)  # the CLI lists them without importing the agent package

@@ -2,7 +2,8 @@
 
 A turn is one model call. Each turn streams TextDelta pieces (the model's text outside call syntax),
 then either the ToolCall events it asked for followed by their ToolResult events (in finishing order),
-or a FinalAnswer. A run that ends without an answer ends with Stopped (turn limit, token budget, error).
+or a FinalAnswer (a turn that only repeats earlier calls has neither; see loop.py). A run that ends
+without an answer ends with Stopped (turn limit, token budget, error).
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def _work(future: Future, tool: Tool, kwargs: dict) -> None:
 def run_calls(calls: list[tuple[str, str, str]], tools: dict[str, Tool],
               timeout: float) -> Iterator[tuple[str, Outcome]]:
     """[(call id, tool name, arguments text)] -> (call id, Outcome) as each finishes."""
-    started: dict[Future, tuple[str, str, float]] = {}
+    started: dict[Future, tuple[str, str, float, float]] = {}  # call id, tool name, limit, deadline
     failed: list[tuple[str, Outcome]] = []
     for cid, name, arguments in calls:
         tool = tools.get(name)
@@ -52,14 +52,14 @@ def run_calls(calls: list[tuple[str, str, str]], tools: dict[str, Tool],
         future: Future = Future()
         limit = tool.timeout or timeout
         threading.Thread(target=_work, args=(future, tool, kwargs), name=f"zen-tool-{name}", daemon=True).start()
-        started[future] = (cid, name, time.monotonic() + limit)
+        started[future] = (cid, name, limit, time.monotonic() + limit)
     yield from failed
     pending = set(started)
     while pending:
-        deadline = min(started[f][2] for f in pending)
+        deadline = min(started[f][3] for f in pending)
         done, pending = wait(pending, timeout=max(0.0, deadline - time.monotonic()), return_when=FIRST_COMPLETED)
         for f in done:
-            cid, name, _ = started[f]
+            cid, name, _, _ = started[f]
             err = f.exception()
             if err is None:
                 out: ToolOutput = f.result()
@@ -67,8 +67,7 @@ def run_calls(calls: list[tuple[str, str, str]], tools: dict[str, Tool],
             else:
                 yield cid, Outcome(f"Error: {name} raised {type(err).__name__}: {err}", True)
         now = time.monotonic()
-        for f in [f for f in pending if started[f][2] <= now]:
+        for f in [f for f in pending if started[f][3] <= now]:
             pending.discard(f)
-            cid, name, end = started[f]
-            limit = tools[name].timeout or timeout
+            cid, name, limit, _ = started[f]
             yield cid, Outcome(f"Error: {name} did not finish within {limit:g} s and was abandoned.", True)
