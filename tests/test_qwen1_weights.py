@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 from tests.qwen1_files import random_weights, reference_logits, tiny_config, train_ranks, write_gguf, write_hf_dir
 from zenlm.cli import main
 from zenlm.config import Config, param_counts, preset
+from zenlm.weights.hub_names import parse, select
 from zenlm.weights.load import load
 
 VOCAB = 560
@@ -140,3 +141,13 @@ def test_bad_v1_directories(files, tmp_path):
     (tmp_path / "qwen2-names" / "config.json").write_text(json.dumps({"model_type": "qwen3"}))
     with pytest.raises(ValueError, match="unsupported model_type 'qwen3'"):
         load(tmp_path / "qwen2-names", progress=False)
+
+
+def test_a_v1_hub_repository_selects_its_tiktoken_file():
+    files = ["LICENSE", "README.md", "assets/logo.jpg", "config.json", "configuration_qwen.py", "cpp_kernels.py",
+             "generation_config.json", "model.safetensors.index.json", "modeling_qwen.py", "qwen.tiktoken",
+             "qwen_generation_utils.py", "tokenization_qwen.py", "tokenizer_config.json",
+             *(f"model-0000{i}-of-00008.safetensors" for i in range(1, 9))]
+    sel = select(parse("Qwen/Qwen-7B"), files)
+    assert sel.kind == "hf" and "qwen.tiktoken" in sel.files and "tokenizer_config.json" in sel.files
+    assert not any(f.endswith(".py") for f in sel.files) and len([f for f in sel.files if "model-" in f]) == 8
