@@ -1,6 +1,7 @@
 """Qwen v1 in model.py: v1's checkpoint names, logn attention and dynamic NTK against an independent forward
-written from the formulas (tests/qwen1_files.py), and cached decoding (KVCache, the engine's paged cache with
-chunked prefill and prefix sharing) giving what one full forward over the context gives.
+written from the formulas (tests/qwen1_files.py), and cached decoding giving what one full forward over the
+whole context gives: a KVCache step inside one NTK epoch, and the engine (paged cache, chunked prefill, prefix
+sharing), whose scheduler recomputes a sequence when it steps into another epoch.
 """
 
 import math
