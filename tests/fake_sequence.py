@@ -23,6 +23,7 @@ class Seq:
     num_cached_tokens: int = 0
     num_computed_tokens: int = 0
     status: object = None
+    rope_epoch: int = 0
 
     @property
     def all_ids(self) -> list[int]:

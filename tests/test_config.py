@@ -15,6 +15,7 @@ ANNOUNCED = ([f"zen-{s}" for s in ("0.5b", "1.5b", "3b", "7b", "14b", "32b", "72
              + [f"zen-coder-{s}" for s in ("0.5b", "1.5b", "7b", "32b")]
              + [f"zen-math-{s}" for s in ("1.5b", "7b", "72b")]
              + [f"qwen1.5-{s}" for s in ("0.5b", "1.8b", "4b", "7b", "14b", "32b", "72b", "110b")]
+             + [f"qwen-{s}" for s in ("1.8b", "7b", "14b", "72b")]
              + ["qwen1.5-moe-a2.7b", "zen-tiny"])
 
 

@@ -1,4 +1,4 @@
-"""Config: one dataclass for every zen architecture (dense Qwen1.5/Qwen2/Qwen2.5 and the MoE variant).
+"""Config: one dataclass for every zen architecture (dense Qwen v1/Qwen1.5/Qwen2/Qwen2.5 and the MoE variant).
 
 Read from an HF config.json (`from_hf`) or from GGUF metadata (`from_gguf`), or taken from PRESETS.
 `param_counts` gives total / non-embedding / active parameter counts from the shapes alone.
@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+ARCHS = ("qwen2", "qwen2_moe", "qwen")
+
 
 @dataclass(slots=True)
 class Config:
     name: str = "custom"
-    arch: str = "qwen2"  # "qwen2" (dense) or "qwen2_moe"
+    arch: str = "qwen2"  # "qwen2" (dense), "qwen2_moe", or "qwen" (v1: dense, its own checkpoint names)
     vocab_size: int = 151936
     hidden_size: int = 896
     num_layers: int = 24
@@ -42,12 +44,18 @@ class Config:
     norm_topk_prob: bool = False
     decoder_sparse_step: int = 1
     mlp_only_layers: list[int] = field(default_factory=list)
+    # Qwen v1's inference-time length extension past its training length seq_length (models.md 1.5)
+    seq_length: int = 0  # the length logn scaling and dynamic NTK count from (0: neither applies)
+    use_logn_attn: bool = False  # queries past seq_length scaled by log(position + 1) / log(seq_length)
+    use_dynamic_ntk: bool = False  # rope base stretched by v1's ntk_alpha of the context length
 
     def __post_init__(self) -> None:
-        if self.arch not in ("qwen2", "qwen2_moe"):
-            raise ValueError(f"unknown architecture {self.arch!r} (expected qwen2 or qwen2_moe)")
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown architecture {self.arch!r} (expected one of {', '.join(ARCHS)})")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        if (self.use_logn_attn or self.use_dynamic_ntk) and self.seq_length < 2:
+            raise ValueError(f"use_logn_attn / use_dynamic_ntk need seq_length >= 2, got {self.seq_length}")
 
     @property
     def is_moe(self) -> bool:
@@ -74,8 +82,10 @@ class Config:
         """From an HF config.json (a path, or the parsed dict)."""
         d = source if isinstance(source, dict) else json.loads(Path(source).read_text())
         mt = d.get("model_type")
+        if mt == "qwen":
+            return cls._from_hf_qwen(d)
         if mt not in ("qwen2", "qwen2_moe"):
-            raise ValueError(f"unsupported model_type {mt!r} (zenlm runs qwen2 and qwen2_moe)")
+            raise ValueError(f"unsupported model_type {mt!r} (zenlm runs qwen, qwen2 and qwen2_moe)")
         rope = d.get("rope_parameters") or {}  # transformers v5 keeps theta and scaling here
         scaling = d.get("rope_scaling") or {k: v for k, v in rope.items() if k != "rope_theta"}
         kind = scaling.get("rope_type") or scaling.get("type")
@@ -113,11 +123,42 @@ class Config:
         )
 
     @classmethod
+    def _from_hf_qwen(cls, d: dict) -> Config:
+        """Qwen v1's config.json (QWenLMHeadModel, models.md 1.5): its intermediate_size counts both MLP
+        branches (w1 and w2 are each half as wide), and biases sit on c_attn only (no_bias)."""
+        if float(d.get("rotary_pct", 1.0)) != 1.0:
+            raise ValueError(f"Qwen v1 config: rotary_pct {d['rotary_pct']} is not supported (only 1.0)")
+        if not d.get("no_bias", True):
+            raise ValueError("Qwen v1 config: no_bias false (biases on c_proj and the MLP) is not supported")
+        heads, hidden = d["num_attention_heads"], d["hidden_size"]
+        head_dim = d.get("kv_channels") or hidden // heads
+        if head_dim * heads != hidden:
+            raise ValueError(f"Qwen v1 config: kv_channels {head_dim} x {heads} heads != hidden_size {hidden}")
+        return cls(
+            name=Path(d.get("_name_or_path") or "hf").name or "hf",
+            arch="qwen",
+            vocab_size=d["vocab_size"],
+            hidden_size=hidden,
+            num_layers=d["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=heads,
+            head_dim=head_dim,
+            intermediate_size=d["intermediate_size"] // 2,
+            rope_theta=float(d.get("rotary_emb_base", 10000.0)),
+            rms_norm_eps=d.get("layer_norm_epsilon", 1e-6),
+            tie_word_embeddings=d.get("tie_word_embeddings", False),
+            context_length=d.get("max_position_embeddings") or d.get("seq_length") or 8192,
+            seq_length=d.get("seq_length", 0),
+            use_logn_attn=bool(d.get("use_logn_attn", False)),
+            use_dynamic_ntk=bool(d.get("use_dynamic_ntk", False)),
+        )
+
+    @classmethod
     def from_gguf(cls, meta: dict, has_output: bool = True) -> Config:
         """From GGUF metadata ({key: value}); has_output says whether the file has output.weight."""
         arch = meta.get("general.architecture")
-        if arch not in ("qwen2", "qwen2moe"):
-            raise ValueError(f"unsupported GGUF architecture {arch!r} (zenlm runs qwen2 and qwen2moe)")
+        if arch not in ("qwen", "qwen2", "qwen2moe"):
+            raise ValueError(f"unsupported GGUF architecture {arch!r} (zenlm runs qwen, qwen2 and qwen2moe)")
 
         def get(key: str, default: Any = None) -> Any:
             return meta.get(f"{arch}.{key}", default)
@@ -131,16 +172,20 @@ class Config:
             scaling = {"type": kind, "factor": float(get("rope.scaling.factor", 1.0))}
             if get("rope.scaling.original_context_length"):
                 scaling["original_max_position_embeddings"] = int(get("rope.scaling.original_context_length"))
+        # Qwen v1 (`qwen`): feed_forward_length is config.json's intermediate_size, both MLP branches
+        # (llama.cpp makes ffn_gate/ffn_up n_ff/2 wide). The file has no seq_length, and llama.cpp runs
+        # it without logn scaling or dynamic NTK, so neither is set here.
+        ffn = int(get("feed_forward_length", 0)) // (2 if arch == "qwen" else 1)
         return cls(
             name=str(meta.get("general.name", "gguf")),
-            arch="qwen2_moe" if arch == "qwen2moe" else "qwen2",
+            arch={"qwen2moe": "qwen2_moe", "qwen": "qwen"}.get(arch, "qwen2"),
             vocab_size=int(get("vocab_size") or len(vocab)),
             hidden_size=hidden,
             num_layers=int(get("block_count")),
             num_heads=heads,
             num_kv_heads=int(get("attention.head_count_kv", heads)),
             head_dim=int(get("attention.key_length") or hidden // heads),
-            intermediate_size=int(get("feed_forward_length", 0)),
+            intermediate_size=ffn,
             rope_theta=float(get("rope.freq_base", 10000.0)),
             rope_scaling=scaling,
             rms_norm_eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
@@ -211,6 +256,28 @@ _QWEN15 = {
     "110b": (8192, 80, 64, 8, 49152, 152064, False),
 }
 
+# Qwen v1 (QWenLMHeadModel) from each release's config.json: hidden, layers, heads (MHA), intermediate_size
+# (both branches, as config.json counts it), vocab, seq_length, max_position_embeddings, rotary_emb_base,
+# use_logn_attn = use_dynamic_ntk. 1.8B/7B: models.md 1.5. 72B: models.md 1.5 (Qwen-72B-Chat-Int4, official;
+# the base config has the same shape). 14B: huggingface.co/Qwen/Qwen-14B config.json (seq_length 2048,
+# max_position_embeddings 8192, intermediate 27392, vocab 152064), as two third-party copies transcribe it.
+# Counts these give (tests/test_qwen1_weights.py): 1,836,828,672 / 7,721,324,544 / 14,167,290,880 /
+# 72,287,920,128. Released: 7B 7,721,324,544 (its safetensors index: 15,442,649,088 bf16 bytes), 1.8B
+# 1,836,828,672 (3,673,657,344 bf16 bytes), 14B 14.17B (third-party tables), 72B "72B" (its model card).
+_QWEN1 = {
+    "1.8b": (2048, 24, 16, 11008, 151936, 8192, 8192, 10000.0, True),
+    "7b": (4096, 32, 32, 22016, 151936, 8192, 32768, 10000.0, True),
+    "14b": (5120, 40, 40, 27392, 152064, 2048, 8192, 10000.0, True),
+    "72b": (8192, 80, 64, 49152, 152064, 32768, 32768, 1e6, False),
+}
+
+
+def _qwen1(name: str, h: int, layers: int, heads: int, inter: int, vocab: int, seq: int, ctx: int,
+           theta: float, extend: bool) -> Config:
+    return Config(name=name, arch="qwen", hidden_size=h, num_layers=layers, num_heads=heads, num_kv_heads=heads,
+                  head_dim=h // heads, intermediate_size=inter // 2, vocab_size=vocab, tie_word_embeddings=False,
+                  context_length=ctx, rope_theta=theta, seq_length=seq, use_logn_attn=extend, use_dynamic_ntk=extend)
+
 
 def _build_presets() -> dict[str, Config]:
     p: dict[str, Config] = {}
@@ -225,6 +292,8 @@ def _build_presets() -> dict[str, Config]:
         p[f"zen-math-{size}"] = _dense(f"zen-math-{size}", *_ZEN[size], ctx=4096, theta=10000.0)
     for size, s in _QWEN15.items():
         p[f"qwen1.5-{size}"] = _dense(f"qwen1.5-{size}", *s, theta=5e6 if size == "4b" else 1e6)
+    for size, s in _QWEN1.items():
+        p[f"qwen-{size}"] = _qwen1(f"qwen-{size}", *s)
     p["qwen1.5-moe-a2.7b"] = Config(
         name="qwen1.5-moe-a2.7b", arch="qwen2_moe", vocab_size=151936, hidden_size=2048, num_layers=24,
         num_heads=16, num_kv_heads=16, head_dim=128, intermediate_size=5632, tie_word_embeddings=False,

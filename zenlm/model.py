@@ -1,15 +1,18 @@
 """The zen transformer: RMSNorm, rotary embedding, GQA attention with q/k/v bias, SwiGLU, MoE.
 
-One readable file for every architecture in the family; MoE is a module choice inside the block.
-Names follow HF (`model.layers.{i}.self_attn.o_proj.weight`) except that q/k/v and gate/up are fused
-(`qkv_proj`, `gate_up_proj`: PackedLinear); `checkpoint_layout` maps each checkpoint name to the
-tensor and rows it fills here, and weights/ fills them. `forward(tokens, positions, cache) -> logits`
-with any `Cache`; `KVCache` is a simple contiguous one. Scheduling lives in engine/.
+One readable file for every architecture in the family; MoE is a module choice inside the block, and
+Qwen v1 is the dense model plus its length extension (logn query scaling, dynamic NTK) and its own
+checkpoint names. Names follow HF (`model.layers.{i}.self_attn.o_proj.weight`) except that q/k/v and
+gate/up are fused (`qkv_proj`, `gate_up_proj`: PackedLinear); `checkpoint_layout` maps each checkpoint
+name to the tensor and rows it fills here, and weights/ fills them. `forward(tokens, positions, cache)
+-> logits` with any `Cache`; `KVCache` is a simple contiguous one. Scheduling lives in engine/.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from functools import lru_cache
 from typing import Protocol
 
 import torch
@@ -37,11 +40,14 @@ def rope_frequencies(c: Config, seq_len: int | None = None) -> tuple[torch.Tenso
     """Inverse frequencies [D/2] and the attention scaling, with the config's rope scaling.
 
     seq_len matters only for dynamic NTK, which stretches the base once a sequence outgrows the
-    context the model was trained on (transformers' formula, recomputed as the sequence grows).
+    context the model was trained on (transformers' formula, or Qwen v1's ntk_alpha with
+    use_dynamic_ntk; recomputed as the sequence grows).
     """
     d, base = c.head_dim, c.rope_theta
     s = c.rope_scaling or {}
     kind, factor = s.get("type"), float(s.get("factor", 1.0))
+    if c.use_dynamic_ntk:  # Qwen v1's own rule (models.md 1.5)
+        return ntk_frequencies(d, base, ntk_alpha(c.seq_length, seq_len or 1)), 1.0
     if kind == "dynamic":
         L = c.context_length
         n = max(seq_len or L, L)
@@ -55,6 +61,37 @@ def rope_frequencies(c: Config, seq_len: int | None = None) -> tuple[torch.Tenso
     if kind == "yarn":
         return _yarn(s, d, base, factor, exponents, c.context_length)
     raise ValueError(f"unsupported rope scaling type {kind!r}")
+
+
+def ntk_alpha(seq_length: int, length: int) -> int:
+    """Qwen v1's dynamic NTK factor for a context of `length` tokens: 1 up to seq_length, then 3 up to
+    twice that, 7 up to four times, ... (2**ceil(log2(length / seq_length) + 1) - 1)."""
+    return max(2 ** math.ceil(math.log(length / seq_length, 2) + 1) - 1, 1)
+
+
+@lru_cache(maxsize=64)
+def ntk_frequencies(d: int, theta: float, alpha: int) -> torch.Tensor:
+    """Inverse frequencies [D/2] with the base stretched to theta * alpha**(D / (D - 2))."""
+    base = theta * alpha ** (d / (d - 2))
+    return 1.0 / (base ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+
+
+def ntk_rope(c: Config, positions: torch.Tensor, lengths: torch.Tensor,
+             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [B, S, D] for positions [B, S] under Qwen v1's dynamic NTK: row b's base is stretched
+    for a context of lengths[b] tokens, so every query and key of a row turns with the same base."""
+    alphas = [ntk_alpha(c.seq_length, int(n)) for n in lengths.tolist()]
+    inv = torch.stack([ntk_frequencies(c.head_dim, c.rope_theta, a) for a in alphas]).to(positions.device)
+    freqs = positions[..., None].float() * inv[:, None, :]  # [B, S, D/2]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def logn_scale(c: Config, positions: torch.Tensor) -> torch.Tensor:
+    """Qwen v1's logn attention factor [B, T, 1]: log(p + 1) / log(seq_length) for a query at position p
+    past seq_length (p + 1 > seq_length), 1 before it."""
+    n = (positions + 1).double()
+    return torch.where(n > c.seq_length, n.log() / math.log(c.seq_length), 1.0).float()[..., None]
 
 
 def _yarn(s: dict, d: int, base: float, factor: float, exponents: torch.Tensor, ctx: int):
@@ -99,8 +136,13 @@ class Rotary(nn.Module):
         self._inv: torch.Tensor | None = None
         self._scale, self._len = 1.0, 0
 
-    def forward(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, positions: torch.Tensor, dtype: torch.dtype,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [B, T, D] for positions [B, T]. Under Qwen v1's dynamic NTK each row's base follows
+        the length of its whole context, lengths [B] (None: each row's last position + 1)."""
         c = self.config
+        if c.use_dynamic_ntk:
+            return ntk_rope(c, positions, positions.amax(-1) + 1 if lengths is None else lengths, dtype)
         dynamic = (c.rope_scaling or {}).get("type") == "dynamic"
         n = int(positions.max()) + 1 if dynamic else 0
         if self._inv is None or self._inv.device != positions.device or n > self._len or (
@@ -114,7 +156,14 @@ class Rotary(nn.Module):
 
 # ---- KV cache ------------------------------------------------------------------------------------
 class Cache(Protocol):
-    """What Attention needs from a cache (KVCache here, the engine's PagedKVCache)."""
+    """What Attention needs from a cache (KVCache here, the engine's PagedKVCache).
+
+    rope_lengths [B] (or None) is the length of each row's whole context when a rope depends on it (Qwen v1's
+    dynamic NTK): every token a row computes turns with that length's base, as in one forward over the whole
+    context. K/V cached under another base are stale; the engine recomputes them (scheduler.py's rope epochs).
+    """
+
+    rope_lengths: torch.Tensor | None
 
     def update(self, layer: int, positions: torch.Tensor, k: torch.Tensor,
                v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -138,6 +187,7 @@ class KVCache:
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(c.num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(c.num_layers)]
         self.max_len = max_len
+        self.rope_lengths: torch.Tensor | None = None  # set it for a v1 dynamic-NTK step (see Cache)
 
     def update(self, layer: int, positions: torch.Tensor, k: torch.Tensor,
                v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -186,10 +236,13 @@ class SwiGLULinear(nn.Linear):
 
 
 class Attention(nn.Module):
+    """Causal self-attention; with Qwen v1's use_logn_attn, queries past seq_length are scaled (logn_scale)."""
+
     def __init__(self, c: Config, layer: int):
         super().__init__()
         self.h, self.kv, self.d = c.num_heads, c.num_kv_heads, c.head_dim
         self.layer, self.window = layer, c.layer_window(layer)
+        self.config = c
         shards = {"q_proj": self.h * self.d, "k_proj": self.kv * self.d, "v_proj": self.kv * self.d}
         self.qkv_proj = PackedLinear(c.hidden_size, shards, bias=c.qkv_bias)
         self.o_proj = nn.Linear(self.h * self.d, c.hidden_size, bias=False)
@@ -197,7 +250,11 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
                 cache: Cache | None, docs: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
+        c = self.config
         qkv = self.qkv_proj(x)  # [B, T, (H + 2 KV) * D]
+        if c.use_logn_attn and int(positions.max()) >= c.seq_length:  # scaling q before rope = after it
+            q, kv = qkv.split([self.h * self.d, 2 * self.kv * self.d], dim=-1)
+            qkv = torch.cat((q * logn_scale(c, positions).to(q.dtype), kv), dim=-1)
         if cache is not None and docs is None:  # a cache may run rope, its write and attention itself
             out = cache.attend(self.layer, qkv, cos, sin, self.window)  # [B, T, H * D] or None
             if out is not None:
@@ -321,7 +378,7 @@ class Transformer(nn.Module):
                 logit_index: torch.Tensor | None = None) -> torch.Tensor:
         """tokens, positions [B, T] -> logits [B, T, V]; with logit_index [B], only those positions: [B, V]."""
         x = self.model.embed_tokens(tokens)  # [B, T, C]
-        cos, sin = self.rotary(positions, x.dtype)
+        cos, sin = self.rotary(positions, x.dtype, None if cache is None else cache.rope_lengths)
         for block in self.model.layers:
             x = block(x, cos, sin, positions, cache)
         if logit_index is not None:
@@ -329,11 +386,32 @@ class Transformer(nn.Module):
         return self.lm_head(self.model.norm(x))
 
 
+# Qwen v1 (QWenLMHeadModel) checkpoint names for the HF (Qwen2) names used here (models.md 1.5 and 7):
+# q, k, v are one c_attn (in that order); w2 is the MLP's gate (it goes through silu), w1 its up.
+V1_GLOBAL = {"model.embed_tokens": "transformer.wte", "model.norm": "transformer.ln_f", "lm_head": "lm_head"}
+V1_BLOCK = {"input_layernorm": "ln_1", "post_attention_layernorm": "ln_2", "self_attn.q_proj": "attn.c_attn",
+            "self_attn.k_proj": "attn.c_attn", "self_attn.v_proj": "attn.c_attn", "self_attn.o_proj": "attn.c_proj",
+            "mlp.gate_proj": "mlp.w2", "mlp.up_proj": "mlp.w1", "mlp.down_proj": "mlp.c_proj"}
+_LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
+
+
+def v1_name(name: str) -> str:
+    """A Qwen2 HF tensor name (`model.layers.3.mlp.gate_proj.weight`) -> Qwen v1's (`transformer.h.3.mlp.w2.weight`)."""
+    module, _, leaf = name.rpartition(".")
+    if module in V1_GLOBAL:
+        return f"{V1_GLOBAL[module]}.{leaf}"
+    m = _LAYER.fullmatch(module)
+    if m is None or m[2] not in V1_BLOCK:
+        raise KeyError(name)
+    return f"transformer.h.{m[1]}.{V1_BLOCK[m[2]]}.{leaf}"
+
+
 def checkpoint_layout(model: nn.Module) -> dict[str, tuple[str, slice | None]]:
     """Each checkpoint (HF) tensor name -> (the model's tensor it fills, its rows there; None: all of it).
 
     A PackedLinear's weight and bias are filled by its members (`...self_attn.q_proj.weight` -> rows
-    0..H*D of `...self_attn.qkv_proj.weight`); every other tensor keeps its checkpoint name.
+    0..H*D of `...self_attn.qkv_proj.weight`); every other tensor keeps its checkpoint name. A Qwen v1
+    model (arch "qwen") takes v1's names, whose c_attn fills all of qkv_proj at once.
     """
     packed = {n: m.slices() for n, m in model.named_modules() if isinstance(m, PackedLinear)}
     out: dict[str, tuple[str, slice | None]] = {}
@@ -344,7 +422,15 @@ def checkpoint_layout(model: nn.Module) -> dict[str, tuple[str, slice | None]]:
             out |= {f"{parent}.{member}.{leaf}": (name, rows) for member, rows in packed[owner].items()}
         else:
             out[name] = (name, None)
-    return out
+    if getattr(model, "config", None) is None or model.config.arch != "qwen":
+        return out
+    v1: dict[str, tuple[str, slice | None]] = {}
+    for name, (target, rows) in out.items():
+        key = v1_name(name)
+        if key in v1:  # q, k, v -> one c_attn: together they cover the whole fused tensor
+            rows = None
+        v1[key] = (target, rows)
+    return v1
 
 
 def checkpoint_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

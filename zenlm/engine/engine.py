@@ -8,6 +8,7 @@ traceback); a failing logits processor ends only its own request. The engine goe
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import operator
@@ -20,7 +21,7 @@ from zenlm.engine.runner import Runner
 from zenlm.engine.sampling import SamplingParams, logprobs, make_generator, sample, top_logprobs
 from zenlm.engine.scheduler import Scheduler
 from zenlm.engine.sequence import Sequence
-from zenlm.model import Transformer
+from zenlm.model import Transformer, ntk_alpha
 from zenlm.tokenizer import Tokenizer
 
 log = logging.getLogger("zenlm.engine")
@@ -52,7 +53,10 @@ class Engine:
         tokens = ec.kv_cache_tokens or self.context_length
         num_blocks = -(-tokens // ec.block_size)
         self.blocks = BlockManager(num_blocks, ec.block_size)
-        self.scheduler = Scheduler(self.blocks, ec.max_num_seqs, max(ec.max_num_batched_tokens, ec.max_num_seqs))
+        c = model.config
+        epoch = functools.partial(ntk_alpha, c.seq_length) if c.use_dynamic_ntk else None  # v1's rope epochs
+        self.scheduler = Scheduler(self.blocks, ec.max_num_seqs, max(ec.max_num_batched_tokens, ec.max_num_seqs),
+                                   rope_epoch=epoch)
         self.runner = Runner(model, num_blocks, ec.block_size, ec.kv_dtype or dtype, device)
         self.eos = set(tokenizer.eos_token_ids)
         self.max_waiting = ec.max_waiting

@@ -24,6 +24,7 @@ class SeqLike(Protocol):
     block_table: list[int]  # physical block ids, one per block_size tokens of all_ids
     num_cached_tokens: int  # prompt tokens found in the prefix cache at the last allocate()
     num_computed_tokens: int  # tokens of all_ids whose KV is in the cache
+    rope_epoch: int  # the rope its K/V turn with: it salts the block hashes (K/V of another rope differ)
     status: Any  # scheduler.SequenceStatus
     params: Any  # .max_tokens
 
@@ -34,6 +35,11 @@ class SeqLike(Protocol):
     def finished(self) -> bool: ...
 
     def append(self, token: int) -> Any: ...  # record a sampled token (scheduler.postprocess calls it)
+
+
+def chain_start(seq: SeqLike) -> bytes:
+    """Where a sequence's hash chain starts: nothing, or its rope epoch (scheduler.py) when it has one."""
+    return seq.rope_epoch.to_bytes(8, "little") if seq.rope_epoch else b""
 
 
 def chain_hash(prev: bytes, tokens: list[int]) -> bytes:
@@ -140,7 +146,7 @@ class BlockManager:
         if first == full:
             return
         ids = seq.all_ids
-        prev = self.blocks[table[first - 1]].hash if first else b""
+        prev = self.blocks[table[first - 1]].hash if first else chain_start(seq)
         for i in range(first, full):
             block = self.blocks[table[i]]
             assert block.ref_count == 1, f"block {block.block_id} is shared but was never hashed"
@@ -188,7 +194,7 @@ class BlockManager:
         memo_seq, memo_len, memo = self._memo
         if memo_seq is seq and memo_len == len(ids):  # a sequence's tokens only ever grow
             return memo
-        bs, prev, out = self.block_size, b"", []
+        bs, prev, out = self.block_size, chain_start(seq), []
         for i in range((len(ids) - 1) // bs):
             prev = chain_hash(prev, ids[i * bs:(i + 1) * bs])
             out.append(prev)

@@ -37,14 +37,15 @@ class PagedKVCache:
         self.v = [torch.empty(blocks, KV, bs // P, D, P, dtype=dtype, device=device) for _ in layers]
         self.scratch, self.block_size, self.pairs = num_blocks, bs, P
         self.heads, self.native = (c.num_heads, KV, D), native and (P == 2) == (dtype == torch.bfloat16)
-        self.write_slots = self.tables = self.key_pos = self.ctx = None
+        self.write_slots = self.tables = self.key_pos = self.ctx = self.rope_lengths = None
 
     def bind(self, write_slots: torch.Tensor, tables: torch.Tensor, key_pos: torch.Tensor,
-             ctx: torch.Tensor) -> PagedKVCache:
+             ctx: torch.Tensor, rope_lengths: torch.Tensor | None = None) -> PagedKVCache:
         """This step's layout: the slot of each new token [B, T] (block * bs + offset), each row's
         blocks [B, nb], the position of each key they hold up to the longest context [B, S] (FAR past
-        the row's own) and each row's context length [B]."""
+        the row's own), each row's context length [B] and the length its rope follows (model.Cache)."""
         self.write_slots, self.tables, self.key_pos, self.ctx = write_slots, tables, key_pos, ctx
+        self.rope_lengths = rope_lengths
         return self
 
     def update(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
@@ -116,6 +117,7 @@ class Runner:
         key_pos[key_pos >= torch.tensor(ctx_lens)[:, None]] = FAR  # past a row's own context
         last = torch.full((B,), T - 1)
         ctx = torch.tensor(ctx_lens)
+        rope = torch.tensor([len(e.seq.all_ids) for e in entries])  # a prefill chunk turns as its whole prompt
         dev = self.device
-        cache = self.cache.bind(write.to(dev), tables.to(dev), key_pos.to(dev), ctx.to(dev))
+        cache = self.cache.bind(write.to(dev), tables.to(dev), key_pos.to(dev), ctx.to(dev), rope.to(dev))
         return self.model(tokens.to(dev), positions.to(dev), cache, logit_index=last.to(dev))  # [B, V]

@@ -5,11 +5,15 @@ postprocess() records the sampled tokens. Decode tokens (one per running sequenc
 first, then prefill chunks fill what is left of the token budget, so a long prompt never stalls the
 streams already decoding. When KV blocks run out, the most recently admitted sequence is preempted:
 its blocks are freed and it waits at the front of the queue to be recomputed (prompt + generated).
+A model whose rope depends on the context length (Qwen v1's dynamic NTK) gives rope_epoch (context
+length -> which rope): a sequence about to step into another epoch is recomputed the same way, since
+its cached K/V turned with the old one (at most a few times: v1's epochs double in length).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -64,8 +68,9 @@ class Batch:
 
 class Scheduler:
     def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int,
-                 chunk_size: int | None = None):
-        """chunk_size caps one sequence's prefill tokens per step (None: only the step's budget does)."""
+                 chunk_size: int | None = None, rope_epoch: Callable[[int], int] | None = None):
+        """chunk_size caps one sequence's prefill tokens per step (None: only the step's budget does);
+        rope_epoch: context length -> the rope its K/V turn with (None: one rope for every length)."""
         if max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {max_num_seqs}")
         if max_num_batched_tokens < max_num_seqs:
@@ -76,6 +81,8 @@ class Scheduler:
         self.bm = block_manager
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
         self.chunk_size = chunk_size
+        self.rope_epoch = rope_epoch
+        self.num_rope_recomputes = 0
         self.waiting: deque[SeqLike] = deque()  # FIFO; preempted sequences go back to the front
         self.running: list[SeqLike] = []  # in admission order: the last one is preempted first
         self.seqs: dict[int, SeqLike] = {}  # live (waiting or running) sequences by id
@@ -99,6 +106,7 @@ class Scheduler:
                 f"and there are only {self.bm.num_blocks}")
         seq.status = SequenceStatus.WAITING
         seq.block_table, seq.num_cached_tokens, seq.num_computed_tokens = [], 0, 0
+        self._set_epoch(seq)
         self.waiting.append(seq)
         self.seqs[seq.seq_id] = seq
 
@@ -124,6 +132,10 @@ class Scheduler:
             seq = self.running[i]
             if len(seq.all_ids) - seq.num_computed_tokens != 1:
                 i += 1
+                continue
+            if self.rope_epoch is not None and self.rope_epoch(len(seq.all_ids)) != seq.rope_epoch:
+                self._requeue(seq)  # its K/V turned with another rope: recompute it all (admitted below)
+                self.num_rope_recomputes += 1
                 continue
             while not self.bm.can_append(seq):
                 victim = self.running[-1]  # never an already scheduled one: those all sit before i
@@ -203,8 +215,16 @@ class Scheduler:
 
     def _preempt(self, seq: SeqLike) -> None:
         """Free the sequence's blocks and queue it first in line, to be recomputed (prompt + generated)."""
+        self._requeue(seq)
+        self.num_preemptions += 1
+
+    def _requeue(self, seq: SeqLike) -> None:
         self.running.remove(seq)
         self.bm.deallocate(seq)
         seq.status = SequenceStatus.WAITING
+        self._set_epoch(seq)
         self.waiting.appendleft(seq)
-        self.num_preemptions += 1
+
+    def _set_epoch(self, seq: SeqLike) -> None:
+        """A waiting sequence's tokens are fixed until it runs: its K/V will turn with their length's rope."""
+        seq.rope_epoch = 0 if self.rope_epoch is None else self.rope_epoch(len(seq.all_ids))

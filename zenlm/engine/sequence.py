@@ -51,6 +51,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0
     num_computed_tokens: int = 0
+    rope_epoch: int = 0  # the rope its cached K/V turn with (scheduler.py; 0: a rope that never changes)
 
     def __post_init__(self):
         self.all_ids = list(self.prompt_ids)

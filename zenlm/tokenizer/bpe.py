@@ -1,8 +1,9 @@
-"""Byte-level BPE tokenizer for the zen (Qwen2/2.5) family: a thin wrapper over `tokenizers.Tokenizer`.
+"""Byte-level BPE tokenizer for the zen family: a thin wrapper over `tokenizers.Tokenizer`.
 
-Builds from an HF `tokenizer.json` (+ tokenizer_config / generation_config) or from GGUF metadata
-(vocab + merges + token types), encodes text without BOS, decodes, and streams text token by token.
-It does not read files other than those JSON/Jinja files, and it does not render chats (chat.py does).
+Builds from an HF `tokenizer.json` (+ tokenizer_config / generation_config), from GGUF metadata
+(vocab + merges + token types) or, for Qwen v1, from `qwen.tiktoken` (tiktoken_bpe.py stands in for
+tokenizers there); encodes text without BOS, decodes, and streams text token by token. It does not
+read files other than those, and it does not render chats (chat.py does).
 """
 
 from __future__ import annotations
@@ -93,11 +94,12 @@ class Tokenizer:
 
     @classmethod
     def from_hf_dir(cls, path: str | Path) -> Tokenizer:
-        """From an HF model directory: tokenizer.json, tokenizer_config.json, chat_template.jinja,
-        generation_config.json (all but tokenizer.json optional)."""
+        """From an HF model directory: tokenizer.json (or Qwen v1's qwen.tiktoken), tokenizer_config.json,
+        chat_template.jinja, generation_config.json (all but the first optional)."""
         path = Path(path)
-        if not (path / "tokenizer.json").is_file():
-            raise ValueError(f"no tokenizer.json in {path}")
+        tiktoken_file = path / "qwen.tiktoken"
+        if not (path / "tokenizer.json").is_file() and not tiktoken_file.is_file():
+            raise ValueError(f"no tokenizer.json (or qwen.tiktoken) in {path}")
 
         def load(name: str) -> dict:
             f = path / name
@@ -108,13 +110,30 @@ class Tokenizer:
             tc["chat_template"] = (path / "chat_template.jinja").read_text(encoding="utf-8")
         elif "chat_template" in (ct := load("chat_template.json")):
             tc["chat_template"] = ct["chat_template"]
+        if not (path / "tokenizer.json").is_file():
+            return cls.from_tiktoken(tiktoken_file, tc, load("generation_config.json"))
         return cls.from_file(path / "tokenizer.json", tc, load("generation_config.json"))
+
+    @classmethod
+    def from_tiktoken(cls, path: str | Path, tokenizer_config: dict | None = None,
+                      generation_config: dict | None = None) -> Tokenizer:
+        """Qwen v1's tokenizer from its qwen.tiktoken; without a chat template, v1's ChatML
+        (chat.QWEN1_CHAT_TEMPLATE, with its default system prompt). v1's tokenizer_config names no
+        special tokens: eos and pad come from generation_config (<|endoftext|> in the releases)."""
+        from zenlm.tokenizer.tiktoken_bpe import TiktokenBPE
+
+        tc, gc = tokenizer_config or {}, generation_config or {}
+        return cls(TiktokenBPE.from_file(path), eos_token_ids=_as_list(gc.get("eos_token_id")),
+                   pad_token_id=gc.get("pad_token_id"), bos_token_id=gc.get("bos_token_id"),
+                   chat_template=tc.get("chat_template") or chat.QWEN1_CHAT_TEMPLATE)
 
     def save(self, directory: str | Path) -> None:
         """Write tokenizer.json and tokenizer_config.json (with the chat template) into an HF directory."""
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        self._tk.save(str(path / "tokenizer.json"))
+        from zenlm.tokenizer.tiktoken_bpe import FILE, TiktokenBPE
+
+        self._tk.save(str(path / (FILE if isinstance(self._tk, TiktokenBPE) else "tokenizer.json")))
         name = self._tk.id_to_token
         config = {"eos_token": name(self.eos_token_ids[0]) if self.eos_token_ids else None,
                   "pad_token": None if self.pad_token_id is None else name(self.pad_token_id),
@@ -164,9 +183,11 @@ class Tokenizer:
         assert tk.get_vocab_size(with_added_tokens=True) == len(tokens), "added tokens must reuse vocab ids"
 
         eos = [meta[k] for k in ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id") if k in meta]
+        template = meta.get("tokenizer.chat_template")
+        if template is None and meta.get("general.architecture") == "qwen":  # v1 files carry none
+            template = chat.QWEN1_CHAT_TEMPLATE
         return cls(tk, eos_token_ids=eos, pad_token_id=meta.get("tokenizer.ggml.padding_token_id"),
-                   bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
-                   chat_template=meta.get("tokenizer.chat_template"))
+                   bos_token_id=meta.get("tokenizer.ggml.bos_token_id"), chat_template=template)
 
     # ---- text <-> ids ----------------------------------------------------------------------
 

@@ -22,6 +22,16 @@ if TYPE_CHECKING:
     from zenlm.tokenizer.bpe import Tokenizer
 
 CHATML_ROLES = ("system", "user", "assistant", "tool")
+# Qwen v1's chat format: ChatML, with "You are a helpful assistant." as the system prompt when the messages
+# bring none (v1's make_context in qwen_generation_utils.py; models.md section 5). v1 has no tool format here.
+QWEN1_SYSTEM = "You are a helpful assistant."
+QWEN1_CHAT_TEMPLATE = (
+    "{% if tools %}{{ raise_exception('the Qwen v1 chat format has no tools') }}{% endif %}"
+    "{% if not messages or messages[0]['role'] != 'system' %}"
+    "<|im_start|>system\n" + QWEN1_SYSTEM + "<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def _raise_exception(message: str):

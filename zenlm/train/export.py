@@ -176,6 +176,8 @@ def save_model_dir(directory: str | Path, config: Config, state_dict: dict[str, 
                    generation_config: dict | None = None, dtype: torch.dtype = torch.float32) -> Path:
     """Write the HF directory from the model's state dict (or plain_state_dict of a trained model):
     the tensors go out under HF names, fused ones split back into q/k/v and gate/up."""
+    if config.arch == "qwen":  # v1's fused c_attn and w1/w2 names would drop LoRA deltas; its config differs
+        raise ValueError("exporting a Qwen v1 (arch qwen) model is not supported yet")
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     tensors = checkpoint_tensors(state_dict, config)

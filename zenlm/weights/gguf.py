@@ -1,6 +1,7 @@
-"""GGUF checkpoints of the qwen2 and qwen2moe architectures -> Config and HF-named torch tensors.
+"""GGUF checkpoints of the qwen2, qwen2moe and qwen (v1) architectures -> Config and HF-named torch tensors.
 
-The one GGUF->HF name table lives here. Stacked expert tensors are split into per-expert views.
+The one GGUF->HF name table lives here (a `qwen` file's names then become v1's: model.v1_name).
+Stacked expert tensors are split into per-expert views.
 Parsing is in gguf_reader.py (split files: gguf_split.py), dequantization in dequant.py; building the
 model is load.py's job.
 """
@@ -16,6 +17,7 @@ import torch
 from gguf import GGMLQuantizationType
 
 from zenlm.config import Config
+from zenlm.model import v1_name
 from zenlm.weights.dequant import dequantize
 from zenlm.weights.gguf_split import read_split
 from zenlm.weights.transcode import BITS
@@ -45,8 +47,14 @@ _EXPERTS = {"ffn_gate_exps": "gate_proj", "ffn_up_exps": "up_proj", "ffn_down_ex
 _NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
 
-def hf_names(name: str, shape: tuple[int, ...]) -> list[str]:
-    """HF parameter names for one GGUF tensor (one per expert for stacked expert tensors)."""
+def hf_names(name: str, shape: tuple[int, ...], arch: str = "qwen2") -> list[str]:
+    """HF parameter names for one GGUF tensor (one per expert for stacked expert tensors); for arch
+    "qwen" (v1), v1's names, whose fused attn_qkv is c_attn."""
+    if arch == "qwen":
+        m = _NAME.fullmatch(name)
+        if m is not None and m[2] == "attn_qkv":
+            return [f"transformer.h.{m[1]}.attn.c_attn.{m[3]}"]
+        return [v1_name(n) for n in hf_names(name, shape)]
     if name in _GLOBAL:
         return [_GLOBAL[name]]
     m = _NAME.fullmatch(name)
@@ -94,7 +102,7 @@ class GGUFCheckpoint:
         tensors of a type weights/transcode.py carries over come as Blocks instead."""
         for t in self.raw.values():
             try:
-                names = hf_names(t.name, t.shape)
+                names = hf_names(t.name, t.shape, self.config.arch)
             except KeyError:
                 raise ValueError(f"{self.path}: unexpected tensor {t.name!r} for {self.config.arch}") from None
             b = Blocks(t.data, t.qtype, torch.Size(t.shape), f"{self.path}: tensor {t.name}")

@@ -22,9 +22,11 @@ _PART = re.compile(r"(:[^:@/\s]+|@[^:@\s]+)")
 SHARD = re.compile(r"(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf", re.IGNORECASE)
 DEFAULT_TAG = "q4_k_m"  # what llama.cpp and Ollama take from a GGUF repository when no tag is given
 QUANT_TAGS = sorted({t.lower() for t in FILE_TYPES.values()} | {"fp16", "fp32"}, key=len, reverse=True)
-# An HF directory: what zenlm reads from it (weights are every top-level *.safetensors)
+# An HF directory: what zenlm reads from it (weights are every top-level *.safetensors); Qwen v1's
+# tokenizer is qwen.tiktoken instead of tokenizer.json
 HF_FILES = {"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-            "special_tokens_map.json", "chat_template.jinja", "chat_template.json", "model.safetensors.index.json"}
+            "special_tokens_map.json", "chat_template.jinja", "chat_template.json", "model.safetensors.index.json",
+            "qwen.tiktoken"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +87,8 @@ def select(name: HubName, files: Iterable[str]) -> Selection:
     files = sorted(set(files))
     weights = [f for f in files if "/" not in f and f.endswith(".safetensors")]
     if name.tag is None and "config.json" in files and weights:
-        if "tokenizer.json" not in files:
-            raise ValueError(f"{name}: the repository has no tokenizer.json, which zenlm reads")
+        if "tokenizer.json" not in files and "qwen.tiktoken" not in files:
+            raise ValueError(f"{name}: the repository has no tokenizer.json (or qwen.tiktoken), which zenlm reads")
         return Selection("hf", tuple(f for f in files if "/" not in f and (f in HF_FILES or f in weights)), "")
     models = gguf_models(files)
     if not models:
