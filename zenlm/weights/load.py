@@ -175,7 +175,7 @@ def build(config: Config, tensors: Iterator[tuple[str, torch.Tensor]], path: Pat
                 del need[owner]
             continue
         if isinstance(t, Blocks):
-            if quant == "auto" and name == "model.embed_tokens.weight":
+            if quant == "auto" and target == "model.embed_tokens.weight":
                 emb = gguf_codes(t.data, t.qtype, tuple(t.shape))
                 continue
             t = t.dequantize()
