@@ -268,3 +268,22 @@ def test_call_syntax_is_never_shown():
 def test_unknown_format():
     with pytest.raises(ValueError, match="unknown tool format 'nous'; choose one of hermes, qwen-agent, react"):
         get_format("nous")
+
+
+@pytest.mark.parametrize("text", ['```json\n{"name": "sum_primes", "arguments": {"code": "print(1)"}}\n```',
+                                  '{"name": "sum_primes", "parameters": {"code": "print(1)"}}'])
+def test_hermes_reads_a_call_shaped_reply_to_an_unknown_tool_as_a_call(text):
+    """The default model invents tool names in bare or fenced JSON; the loop answers with the offered names."""
+    parser = get_format("hermes").parser([], [])
+    parser.names = {"python"}
+    parser.feed(text)
+    assert parser.finish().calls == [ParsedCall("sum_primes", '{"code": "print(1)"}')]
+
+
+@pytest.mark.parametrize("text", ['{"name": "Ada", "age": 36}', '```json\n{"result": [1, 2]}\n```', "plain text"])
+def test_hermes_keeps_other_json_as_the_answer(text):
+    parser = get_format("hermes").parser([], [])
+    parser.names = {"python"}
+    parser.feed(text)
+    reply = parser.finish()
+    assert reply.calls == [] and reply.answer == text.strip()

@@ -41,6 +41,27 @@ def _broken(body: str) -> ParsedCall:
     return ParsedCall(tool_calls.json_unescape(name.group(1)) if name else "", raw)
 
 
+_FENCED = re.compile(r"^\s*(?:```(?:json)?\s*)?(\{.*\})\s*(?:```)?\s*$", re.S)
+
+
+def _call_shaped(text: str) -> ParsedCall | None:
+    """A whole reply that is one JSON object {"name": ..., "arguments": {...}} (fenced or bare) is an attempt
+    at a call even when the name is no offered tool's (the default model invents names); other JSON is content."""
+    m = _FENCED.match(text)
+    if m is None:
+        return None
+    try:
+        obj = json.loads(m.group(1))
+    except json.JSONDecodeError:
+        return None
+    if not (isinstance(obj, dict) and isinstance(obj.get("name"), str) and len(obj) == 2):
+        return None
+    args = obj.get("arguments", obj.get("parameters"))
+    if not isinstance(args, dict):
+        return None
+    return ParsedCall(obj["name"], json.dumps(args, ensure_ascii=False))
+
+
 class HermesParser:
     def __init__(self, names: set[str]):
         self.names, self.text, self.sent = names, "", 0
@@ -64,6 +85,9 @@ class HermesParser:
         content, parsed = tool_calls.parse(text, self.names)
         if parsed:
             return Reply(content or "", [ParsedCall(n, a) for n, a in parsed], None, (content or "").strip())
+        attempt = _call_shaped(text)
+        if attempt is not None:  # a call to a tool not offered: the loop tells the model which ones are
+            return Reply(text, [attempt], None, "")
         return Reply(text, [], text.strip(), text.strip())
 
 
