@@ -226,3 +226,43 @@ def test_cli_index_and_query(docs, tmp_path, capsys):
     assert "not a RAG index" in capsys.readouterr().err
     assert main(["rag", "index", str(docs), "--output", str(tmp_path / "bad"), "--overlap-chars", "2000"]) == 1
     assert "overlap" in capsys.readouterr().err
+
+
+class RecordingLLM:
+    """Stands in for the model in `zen chat --docs`: records the messages it gets, answers with a citation."""
+
+    path = __import__("pathlib").Path("recording")
+
+    def __init__(self):
+        self.calls = []
+
+    def stream_chat(self, messages, params):
+        self.calls.append(messages)
+        yield "It runs on purple salt [1]."
+
+
+def test_chat_docs_puts_numbered_chunks_in_the_system_message(docs, monkeypatch, capsys):
+    import zenlm.cli.chat as chat
+
+    llm = RecordingLLM()
+    lines = iter(["What does the Quindle reactor run on?", "And what do cats like?"])
+
+    def fake_input(prompt):
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    monkeypatch.setattr(chat, "load_llm", lambda args: llm)
+    monkeypatch.setattr("builtins.input", fake_input)
+    assert main(["chat", "--docs", str(docs), "--k", "2", "--system", "Be brief."]) == 0
+    out = capsys.readouterr()
+    assert out.out.count("It runs on purple salt [1].") == 2
+    assert "sources: [1] reactor.md#0  [2] " in out.err and "sources: [1] pets.html#0" in out.err
+    first, second = llm.calls
+    assert first[0]["role"] == "system" and first[0]["content"].startswith("Be brief.\n\n")
+    assert f"[1] (source: reactor.md#0)\n# Reactors\n\n{FACT}" in first[0]["content"]
+    assert "[2] (source: " in first[0]["content"] and "[3] (source: " not in first[0]["content"]
+    assert first[1:] == [{"role": "user", "content": "What does the Quindle reactor run on?"}]
+    assert "[1] (source: pets.html#0)" in second[0]["content"]  # retrieved again for the new turn
+    assert [m["role"] for m in second[1:]] == ["user", "assistant", "user"]
