@@ -199,8 +199,7 @@ def test_search_errors(index, tmp_path):
 def test_cite_numbers_the_hits(index):
     hits = Retriever(index).search("reactor fuel", k=2)
     block = cite(hits)
-    assert block.startswith(f"[1] (source: {hits[0].chunk_id})\n{hits[0].text.strip()}")
-    assert f"\n\n[2] (source: {hits[1].chunk_id})\n" in block
+    assert block == f"[1] {hits[0].text.strip()}\n\n[2] {hits[1].text.strip()}"
     system, user = rag_messages(hits, "What fuel?")
     assert system["role"] == "system" and block in system["content"] and "[1]" in system["content"]
     assert user == {"role": "user", "content": "What fuel?"}
@@ -221,7 +220,7 @@ def test_cli_index_and_query(docs, tmp_path, capsys):
     assert out["mode"] == "hybrid" and [h["rank"] for h in out["hits"]] == [1, 2]
     assert out["hits"][0]["chunk_id"] == "reactor.md#0" and FACT in out["hits"][0]["text"]
     assert main(["rag", "query", str(tmp_path / "idx"), "Quindle reactor fuel", "--k", "1"]) == 0
-    assert capsys.readouterr().out.startswith("[1] (source: reactor.md#0)\n")
+    assert capsys.readouterr().out.startswith(f"[1] # Reactors\n\n{FACT}")
     assert main(["rag", "query", str(tmp_path / "nothing"), "q"]) == 1
     assert "not a RAG index" in capsys.readouterr().err
     assert main(["rag", "index", str(docs), "--output", str(tmp_path / "bad"), "--overlap-chars", "2000"]) == 1
@@ -261,8 +260,7 @@ def test_chat_docs_puts_numbered_chunks_in_the_system_message(docs, monkeypatch,
     assert "sources: [1] reactor.md#0  [2] " in out.err and "sources: [1] pets.html#0" in out.err
     first, second = llm.calls
     assert first[0]["role"] == "system" and first[0]["content"].startswith("Be brief.\n\n")
-    assert f"[1] (source: reactor.md#0)\n# Reactors\n\n{FACT}" in first[0]["content"]
-    assert "[2] (source: " in first[0]["content"] and "[3] (source: " not in first[0]["content"]
+    assert f"\n[1] # Reactors\n\n{FACT}\n\n[2] " in first[0]["content"] and "\n[3] " not in first[0]["content"]
     assert first[1:] == [{"role": "user", "content": "What does the Quindle reactor run on?"}]
-    assert "[1] (source: pets.html#0)" in second[0]["content"]  # retrieved again for the new turn
+    assert "\n[1] Cats like fish & warm milk." in second[0]["content"]  # retrieved again for the new turn
     assert [m["role"] for m in second[1:]] == ["user", "assistant", "user"]
