@@ -10,7 +10,7 @@ from __future__ import annotations
 
 INSTRUCTION = ("Answer from the numbered documents below. Begin your reply with the number of the document that "
                "holds the answer in square brackets, then answer in one sentence, for example: "
-               "\"[4] The bridge is 40 metres long.\" If no document holds the answer, say so.")
+               "\"[4] The bridge is 40 metres long.\"")
 
 
 def cite(hits) -> str:
