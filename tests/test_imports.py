@@ -15,6 +15,8 @@ ALLOWED = {
     "zenlm.quant": {"zenlm.config", "zenlm.model", "zenlm.kernels", "zenlm.cache"},
     # weights: llm.py only; kernels: the C attention the paged cache calls, argmax for greedy sampling
     "zenlm.engine": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights", "zenlm.kernels"},
+    # /v1/embeddings serves the RAG embedding model (listed first: the first matching prefix rules)
+    "zenlm.server.embeddings": {"zenlm.server", "zenlm.agent.rag.embed"},
     "zenlm.server": {"zenlm.engine", "zenlm.tokenizer"},  # HTTP over the engine, nothing below it
     "zenlm.train": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights"},  # never the engine
     # drives the engine or an OpenAI URL; never the server (tool-call parsing is shared through tokenizer);

@@ -1,4 +1,7 @@
 """`zen generate` (one completion to stdout) and `zen chat` (the terminal chat).
+
+`zen chat --docs DIR` (DIR: documents or a `zen rag index` output) retrieves for each user turn and puts the
+numbered chunks in the system message, asking the model to cite them as [n]; the sources follow each answer.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
+    retriever = _docs(args.docs) if args.docs else None
     llm = load_llm(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
     history: list[dict] = []
@@ -49,9 +53,13 @@ def cmd_chat(args) -> int:
             print("(history cleared)", file=sys.stderr)
             continue
         history.append({"role": "user", "content": line})
-        answer = []
+        answer, hits = [], []
+        context = system
+        if retriever is not None:  # --docs: this turn's chunks replace the system message
+            hits = retriever.search(text, args.k)
+            context = [{"role": "system", "content": _rag_system(hits, args.system)}]
         try:
-            for piece in llm.stream_chat(system + history, sampling_params(args)):
+            for piece in llm.stream_chat(context + history, sampling_params(args)):
                 answer.append(piece)
                 sys.stdout.write(piece)
                 sys.stdout.flush()
@@ -59,7 +67,22 @@ def cmd_chat(args) -> int:
             sys.stdout.write(" [stopped]")
         sys.stdout.write("\n")
         sys.stdout.flush()
+        if hits:
+            print("sources: " + "  ".join(f"[{n}] {h.chunk_id}" for n, h in enumerate(hits, start=1)), file=sys.stderr)
         history.append({"role": "assistant", "content": "".join(answer)})
+
+
+def _docs(path: str):
+    from zenlm.agent.rag import open_docs
+
+    print(f"indexing {path} ...", file=sys.stderr)
+    return open_docs(path)
+
+
+def _rag_system(hits, system: str | None) -> str:
+    from zenlm.agent.rag import rag_system
+
+    return f"{system}\n\n{rag_system(hits)}" if system else rag_system(hits)
 
 
 def add(sub) -> None:
@@ -79,4 +102,7 @@ def add(sub) -> None:
     c.add_argument("--max-tokens", type=int, default=1024)
     c.add_argument("--temperature", type=float, default=None)
     c.add_argument("--seed", type=int, default=None)
+    c.add_argument("--docs", metavar="DIR", help="answer from these documents (or a `zen rag index` output), "
+                   "citing the retrieved chunks as [n]")
+    c.add_argument("--k", type=int, default=4, help="with --docs: chunks retrieved per turn (default 4)")
     c.set_defaults(func=cmd_chat)

@@ -1,6 +1,6 @@
 """The FastAPI app: routes, API-key auth, request metrics, the web chat page.
 
-create_app(state) wires chat.py, completions.py and ollama.py with the small routes that live here:
+create_app(state) wires chat.py, completions.py, embeddings.py and ollama.py with the small routes that live here:
 /health, /v1/models, /tokenize, /detokenize, /tokenizer_info, /metrics, and `/` + `/ui/*`, which
 serve zenlm/server/ui/ (the page itself lives there, not here). With an API key, /v1 and /api routes
 need `Authorization: Bearer KEY`; /health, /metrics and the page stay open. security.py's Guard and CORS
@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 from pydantic import Field
 
-from zenlm.server import chat, completions, errors, ollama
+from zenlm.server import chat, completions, embeddings, errors, ollama
 from zenlm.server.errors import APIError
 from zenlm.server.generate import ServerState
 from zenlm.server.protocol import ChatMessage, Tool, _Model
@@ -104,6 +104,7 @@ def create_app(state: ServerState, security: Security | None = None) -> FastAPI:
     app.include_router(chat.router)
     app.include_router(completions.router)
     app.include_router(ollama.router)
+    app.include_router(embeddings.router)  # loads its model on first use
 
     @app.get("/health")
     async def health():
@@ -178,8 +179,8 @@ def create_app(state: ServerState, security: Security | None = None) -> FastAPI:
 
 def _route(path: str) -> str:
     """A bounded label for metrics: known route prefixes, else "other"."""
-    for known in ("/v1/chat/completions", "/v1/completions", "/v1/models", "/api/chat", "/api/generate",
-                  "/api/tags", "/api/show", "/api/ps", "/api/version", "/tokenize", "/detokenize",
+    for known in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/api/chat",
+                  "/api/generate", "/api/tags", "/api/show", "/api/ps", "/api/version", "/tokenize", "/detokenize",
                   "/tokenizer_info", "/health", "/metrics"):
         if path.startswith(known):
             return known

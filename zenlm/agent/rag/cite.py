@@ -1,0 +1,26 @@
+"""Retrieved chunks as a numbered context block, and the chat messages that ask for citations to it.
+
+cite(hits) renders "[1] <text>" blocks in rank order; rag_system(hits) puts them under an instruction to
+open the answer with the number of the document that holds it, [n] (a 0.5B model follows a citation-first
+form far more reliably than "cite after each fact"); rag_messages(hits, question) adds the user's question.
+The chunk ids stay out of the block (a small model copies them instead of answering); callers show them.
+"""
+
+from __future__ import annotations
+
+INSTRUCTION = ("Answer from the numbered documents below. Begin your reply with the number of the document that "
+               "holds the answer in square brackets, then answer in one sentence, for example: "
+               "\"[4] The bridge is 40 metres long.\"")
+
+
+def cite(hits) -> str:
+    """The numbered context block: one entry per hit, in rank order, numbered from 1."""
+    return "\n\n".join(f"[{n}] {h.text.strip()}" for n, h in enumerate(hits, start=1))
+
+
+def rag_system(hits) -> str:
+    return f"{INSTRUCTION}\n\n# Documents\n\n{cite(hits)}"
+
+
+def rag_messages(hits, question: str) -> list[dict]:
+    return [{"role": "system", "content": rag_system(hits)}, {"role": "user", "content": question}]
