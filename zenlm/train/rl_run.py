@@ -91,6 +91,5 @@ def run_rl(rc: RunConfig, d, config, model, tokenizer, gen: dict, lora_cfg) -> T
                "train_reward_first": trainer.history[0].get("reward") if trainer.history else None,
                "train_reward_last": trainer.history[-1].get("reward") if trainer.history else None}
     Path(rc.output, "rl_eval.json").write_text(json.dumps(figures, indent=2) + "\n")
-    trainer.rl_eval = figures
     export(trainer, rc, config, tokenizer, gen, lora_cfg)
     return trainer
