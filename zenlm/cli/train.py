@@ -1,4 +1,4 @@
-"""`zen train` (pretrain, SFT, DPO; train/run.py does the work) and `zen estimate` (training memory).
+"""`zen train` (pretrain, SFT, DPO, reward models, GRPO, PPO; train/run.py does the work) and `zen estimate`.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def cmd_estimate(args) -> int:
 
 
 def add(sub) -> None:
-    t = sub.add_parser("train", help="pretrain, SFT or DPO (LoRA/QLoRA; torchrun for many processes)")
-    t.add_argument("task", choices=["pretrain", "sft", "dpo"])
+    t = sub.add_parser("train", help="pretrain, SFT, DPO, reward model, GRPO or PPO (LoRA/QLoRA; torchrun: not RL)")
+    t.add_argument("task", choices=["pretrain", "sft", "dpo", "rm", "grpo", "ppo"])
     t.add_argument("--config", help="YAML file of settings (flags override it)")
     t.add_argument("--model", help=f"a preset (trains from scratch) or {MODEL_HELP}")
     t.add_argument("--data", nargs="+", help="text/jsonl files or directories")
@@ -44,9 +44,12 @@ def add(sub) -> None:
                        ("lr", float), ("min-lr-ratio", float), ("warmup-steps", int), ("weight-decay", float),
                        ("grad-clip", float), ("eval-every", int), ("eval-items", int), ("save-every", int),
                        ("seed", int), ("val-fraction", float), ("lora-rank", int), ("lora-alpha", float),
-                       ("lora-dropout", float), ("beta", float)]:
+                       ("lora-dropout", float), ("beta", float), ("group-size", int), ("max-new-tokens", int),
+                       ("temperature", float), ("rollout-reuse", int), ("kl-coef", float), ("clip", float),
+                       ("value-clip", float), ("vf-coef", float), ("gamma", float), ("lam", float)]:
         t.add_argument(f"--{name}", type=kind)
     t.add_argument("--lora-targets", nargs="+")
+    t.add_argument("--reward", help="grpo/ppo: exact_number, unit_tests, module:function or a `zen train rm` directory")
     t.add_argument("--qlora-type", choices=["nf4", "int4"])
     for name in ("lora", "qlora", "bf16", "checkpointing", "resume", "progress"):
         t.add_argument(f"--{name}", action=flag, default=None)

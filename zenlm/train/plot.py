@@ -1,6 +1,7 @@
 """The loss-curve PNG, drawn and encoded here (zlib + the PNG chunk format), so training needs no plotting library.
 
 Training loss as a line, held-out loss as dots, light grid lines, min/max labels in a 3x5 pixel font.
+RL runs add the mean reward as a green line on its own scale (its min/max labelled on the right, in green).
 It draws nothing else: no legend box, no anti-aliasing.
 """
 
@@ -16,7 +17,7 @@ FONT = {"0": (7, 5, 5, 5, 7), "1": (2, 6, 2, 2, 7), "2": (7, 1, 7, 4, 7), "3": (
         "8": (7, 5, 7, 5, 7), "9": (7, 5, 7, 1, 7), ".": (0, 0, 0, 0, 2), "-": (0, 0, 7, 0, 0),
         "e": (0, 7, 7, 4, 7), "s": (0, 3, 6, 1, 6), "t": (2, 7, 2, 2, 3), "p": (0, 7, 5, 7, 4),
         "l": (6, 2, 2, 2, 7), "o": (0, 7, 5, 5, 7), " ": (0, 0, 0, 0, 0)}
-BLUE, ORANGE, GREY, BLACK = (31, 119, 180), (255, 127, 14), (225, 225, 225), (40, 40, 40)
+BLUE, ORANGE, GREY, BLACK, GREEN = (31, 119, 180), (255, 127, 14), (225, 225, 225), (40, 40, 40), (44, 160, 44)
 
 
 class Canvas:
@@ -62,10 +63,10 @@ def _fmt(v: float) -> str:
 
 
 def loss_curve(path: str | Path, train: list[tuple[int, float]], held_out: list[tuple[int, float]] = (),
-               w: int = 640, h: int = 400) -> None:
-    """Write the PNG: (step, loss) pairs for training (line) and held-out (dots)."""
+               reward: list[tuple[int, float]] = (), w: int = 640, h: int = 400) -> None:
+    """Write the PNG: (step, loss) pairs for training (line) and held-out (dots), (step, mean reward) pairs."""
     c = Canvas(w, h)
-    left, right, top, bottom = 60, w - 20, 20, h - 40
+    left, right, top, bottom = 60, w - (70 if reward else 20), 20, h - 40
     pts = list(train) + list(held_out)
     if pts:
         s0, s1 = min(p[0] for p in pts), max(p[0] for p in pts)
@@ -84,6 +85,14 @@ def loss_curve(path: str | Path, train: list[tuple[int, float]], held_out: list[
             c.line(*xy(*a), *xy(*b), BLUE, 1)
         for p in held_out:
             c.dot(*xy(*p), ORANGE, 3)
+        if reward:
+            r0, r1 = min(p[1] for p in reward), max(p[1] for p in reward)
+            r1 = r1 if r1 > r0 else r0 + 1e-6
+            rxy = [(xy(s, 0)[0], round(bottom - (v - r0) / (r1 - r0) * (bottom - top))) for s, v in reward]
+            for a, b in zip(rxy, rxy[1:]):
+                c.line(*a, *b, GREEN, 1)
+            c.text(right + 6, top - 5, _fmt(r1), GREEN)
+            c.text(right + 6, bottom - 5, _fmt(r0), GREEN)
         c.text(left, bottom + 12, f"step {s0}")
         c.text(right - 80, bottom + 12, f"step {s1}")
     c.line(left, top, left, bottom, BLACK)

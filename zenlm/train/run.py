@@ -1,4 +1,5 @@
-"""`zen train pretrain|sft|dpo`: settings (flags over a YAML file) -> model, data, loss -> Trainer -> HF directory.
+"""`zen train pretrain|sft|dpo|rm|grpo|ppo`: settings (flags over a YAML file) -> model, data, loss -> Trainer -> HF
+directory (a reward model's with its scalar head beside it).
 
 A preset name trains from scratch (random init, the default model's tokenizer); a .gguf file or HF
 directory fine-tunes (GGUF weights dequantized to fp32). Under torchrun every rank runs this same
@@ -13,7 +14,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,12 +23,15 @@ from zenlm.train import distributed as D
 from zenlm.train.export import plain_state_dict, save_model_dir
 from zenlm.train.lora import LoRAConfig, adapter_tensors, adapters_disabled, apply_lora, save_adapter
 from zenlm.train.losses import DPO, CrossEntropy
+from zenlm.train.reward import BradleyTerry, save_head, scalar_head
+from zenlm.train.rl_run import RL_TASKS, run_rl
 from zenlm.train.trainer import TrainConfig, Trainer, hidden_states
 
 if TYPE_CHECKING:
     from zenlm.tokenizer import Tokenizer
 
-TASKS = ("pretrain", "sft", "dpo")
+TASKS = ("pretrain", "sft", "dpo", "rm", "grpo", "ppo")
+PAIRED = ("dpo", "rm")  # tasks that read (prompt, chosen, rejected) records
 
 
 @dataclass(slots=True)
@@ -50,6 +54,18 @@ class RunConfig:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
                                                              "gate_proj", "up_proj", "down_proj"])
     beta: float = 0.1  # DPO
+    # RL (grpo, ppo): rollout.RolloutConfig and rl.GRPO / rl.PPO say what each does
+    reward: Any = None  # exact_number | unit_tests | module:function | a reward-model directory | a callable
+    group_size: int = 4
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    rollout_reuse: int = 1
+    kl_coef: float = 0.04
+    clip: float = 0.2
+    value_clip: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -123,7 +139,7 @@ def build_data(rc: RunConfig, tokenizer: Tokenizer) -> tuple[list, list, Callabl
         k = int(len(items) * rc.val_fraction) if len(items) > 1 else 0
         held = [items[i] for i in order[:k]]
         items = [items[i] for i in sorted(order[k:])]
-    collate = data_mod.collate_pairs if rc.task == "dpo" else data_mod.collate
+    collate = data_mod.collate_pairs if rc.task in PAIRED else data_mod.collate
     return items, held, collate
 
 
@@ -150,8 +166,14 @@ def run(rc: RunConfig) -> Trainer:
         apply_lora(model, lora_cfg)
         if rc.qlora:
             release_freed_memory()  # the fp32 linears just replaced by 4-bit ones
+    if rc.task in RL_TASKS:
+        return run_rl(rc, d, config, model, tokenizer, gen, lora_cfg)
     items, held, collate = build_data(rc, tokenizer)
-    if rc.task == "dpo":
+    heads = None
+    if rc.task == "rm":
+        heads = scalar_head(config.hidden_size).to(d.device)
+        loss = BradleyTerry(heads)
+    elif rc.task == "dpo":
         if lora_cfg is not None:
             def reference(b):
                 with adapters_disabled(model):
@@ -166,9 +188,11 @@ def run(rc: RunConfig) -> Trainer:
         loss = CrossEntropy()
     per_step = rc.train.batch_size * rc.train.grad_accum * d.world
     loader = data_mod.Loader(items, per_step, seed=rc.train.seed)
-    trainer = Trainer(model, loss, loader, collate, rc.train, held_out=held, dist=d)
+    trainer = Trainer(model, loss, loader, collate, rc.train, held_out=held, dist=d, heads=heads)
     trainer.fit()
     export(trainer, rc, config, tokenizer, gen, lora_cfg)
+    if heads is not None and trainer.d.main:
+        save_head(rc.output, heads)
     return trainer
 
 

@@ -1,4 +1,5 @@
-"""The one training loop: items -> micro-batches -> loss fn -> AdamW step, for pretraining, SFT and DPO alike.
+"""The one training loop: items -> micro-batches -> loss fn -> AdamW step, for pretraining, SFT, DPO, reward
+models, GRPO and PPO alike (RL's data source is a rollout stage, train/rollout.py, that generates its items).
 
 Each step counts the loss's normaliser (valid tokens, or pairs) over all micro-batches and ranks
 first, then backpropagates sum / count per micro-batch, so accumulation and data parallelism equal
@@ -85,11 +86,15 @@ def eval_batches(n: int, rank: int, world: int, batch_size: int) -> list[list[in
 
 
 class Objective(nn.Module):
-    """The model plus how a loss sees it; the root module FSDP wraps (its forward is one micro-batch)."""
+    """The model plus how a loss sees it; the root module FSDP wraps (its forward is one micro-batch).
+    `heads` holds trainable modules a loss uses besides the model (a reward model's or PPO's scalar head):
+    they are optimized and checkpointed with it, and left out of the exported model."""
 
-    def __init__(self, model: nn.Module, checkpointing: bool = False):
+    def __init__(self, model: nn.Module, checkpointing: bool = False, heads: nn.Module | None = None):
         super().__init__()
         self.model, self.checkpointing = model, checkpointing
+        if heads is not None:
+            self.heads = heads
 
     def forward(self, batch: Batch, loss) -> tuple[torch.Tensor, dict]:
         out: LossOut = loss(lambda b: hidden_states(self.model, b, self.checkpointing),
@@ -99,11 +104,11 @@ class Objective(nn.Module):
 
 class Trainer:
     def __init__(self, model: nn.Module, loss, data: Loader, collate: Callable[[list], Batch], cfg: TrainConfig,
-                 held_out: list | None = None, dist: D.Dist | None = None):
+                 held_out: list | None = None, dist: D.Dist | None = None, heads: nn.Module | None = None):
         self.cfg, self.loss, self.data, self.collate = cfg, loss, data, collate
         self.held_out, self.d = held_out or [], dist or D.Dist()
         self.model = model
-        self.objective = Objective(model, cfg.checkpointing)
+        self.objective = Objective(model, cfg.checkpointing, heads)
         if self.d.active:
             D.shard(self.objective, model.model.layers, self.d)
         params = [p for p in self.objective.parameters() if p.requires_grad]
@@ -166,29 +171,38 @@ class Trainer:
         rec = {"step": self.step, "loss": float(stats[0]) / n, "lr": lr, "tokens_per_s": tokens / dt,
                "grad_norm": float(norm), "tokens": tokens}
         rec |= {k: float(v) / n for k, v in zip(keys, stats[1:])}
+        rec |= getattr(self.data, "stats", {})  # a rollout stage's own figures (mean reward, lengths)
         return rec
 
-    @torch.no_grad()
     def evaluate(self) -> float | None:
-        """Mean held-out loss (sum over the first eval_items items / their count), over all ranks.
+        """Mean held-out loss (sum over the first eval_items items / their count), over all ranks."""
+        return self.evaluate_metrics().get("eval_loss")
+
+    @torch.no_grad()
+    def evaluate_metrics(self) -> dict[str, float]:
+        """Held-out loss and the loss's metrics ("eval_" + name), each summed over the first eval_items
+        items and divided by their count, over all ranks; {} without held-out items.
 
         Every rank runs the same number of forwards (FSDP's collectives need it): a rank whose share
         is short runs padding batches whose loss is dropped.
         """
         items = self.held_out[:self.cfg.eval_items]
         if not items:
-            return None
+            return {}
         self.objective.eval()
-        total = torch.zeros(2, device=self.d.device)
+        total: torch.Tensor | None = None
+        keys: list[str] = []
         for part in eval_batches(len(items), self.d.rank, self.d.world, self.cfg.batch_size):
             b = self.collate([items[i] for i in part] or items[:1]).to(self.d.device)
             with self._autocast():
-                loss_sum, _ = self.objective(b, self.loss)
-            if part:
-                total += torch.stack([loss_sum.float(), torch.tensor(float(self.loss.count(b)),
-                                                                     device=self.d.device)])
+                loss_sum, metrics = self.objective(b, self.loss)
+            keys = sorted(metrics)
+            row = torch.tensor([float(loss_sum), float(self.loss.count(b))] + [metrics[k] for k in keys],
+                               device=self.d.device)
+            total = row * bool(part) if total is None else total + row * bool(part)
         D.all_reduce_sum(total, self.d)
-        return float(total[0] / total[1].clamp_min(1))
+        n = float(total[1].clamp_min(1))
+        return {"eval_loss": float(total[0]) / n} | {f"eval_{k}": float(v) / n for k, v in zip(keys, total[2:])}
 
     # ---- the run -----------------------------------------------------------------------------
     def fit(self) -> list[dict]:
@@ -199,9 +213,7 @@ class Trainer:
             rec = self.train_step()
             last = self.step == cfg.max_steps
             if (cfg.eval_every and self.step % cfg.eval_every == 0) or last:
-                ev = self.evaluate()
-                if ev is not None:
-                    rec["eval_loss"] = ev
+                rec |= self.evaluate_metrics()
             self.history.append(rec)
             if self.d.main:
                 with open(self.out / "metrics.jsonl", "a") as f:
@@ -218,7 +230,8 @@ class Trainer:
     def plot(self) -> None:
         train = [(r["step"], r["loss"]) for r in self.history]
         held = [(r["step"], r["eval_loss"]) for r in self.history if "eval_loss" in r]
-        loss_curve(self.out / "loss.png", train, held)
+        reward = [(r["step"], r["reward"]) for r in self.history if "reward" in r]
+        loss_curve(self.out / "loss.png", train, held, reward)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def save(self) -> Path:
@@ -241,4 +254,4 @@ class Trainer:
     def state_dict_for_export(self) -> dict[str, torch.Tensor]:
         """The model's tensors under HF names (before LoRA folding), gathered on rank 0."""
         sd = D.full_state_dict(self.objective, self.d)
-        return {k.removeprefix("model."): v for k, v in sd.items()}
+        return {k.removeprefix("model."): v for k, v in sd.items() if k.startswith("model.")}
