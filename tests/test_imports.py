@@ -18,7 +18,13 @@ ALLOWED = {
     # /v1/embeddings serves the RAG embedding model (listed first: the first matching prefix rules)
     "zenlm.server.embeddings": {"zenlm.server", "zenlm.agent.rag.embed"},
     "zenlm.server": {"zenlm.engine", "zenlm.tokenizer"},  # HTTP over the engine, nothing below it
-    "zenlm.train": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights"},  # never the engine
+    # RL's rollout stage samples with the batched engine (issue 14), around the model being trained
+    "zenlm.train.rollout": {"zenlm.train", "zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights",
+                            "zenlm.engine"},
+    # verifiable rewards: eval's answer extractors and its sandboxed code runner
+    "zenlm.train.rewards": {"zenlm.train", "zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights",
+                            "zenlm.eval"},
+    "zenlm.train": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights"},  # otherwise never the engine
     # drives the engine or an OpenAI URL; never the server (tool-call parsing is shared through tokenizer);
     # runs model-written code in the agent's sandbox
     "zenlm.eval": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights", "zenlm.engine",

@@ -50,8 +50,8 @@ def test_linear_rejects_bad_input(q):
         kernels.linear(good, *args, bias=torch.zeros(40, dtype=torch.float16))
     with pytest.raises(ValueError, match="qs must have shape"):
         kernels.linear(good, q.qs[:2].contiguous(), q.d, q.m, 4, 64, 40)
-    with pytest.raises(ValueError, match="bits must be 4 or 8"):
-        kernels.linear(good, q.qs, q.d, q.m, 5, 64, 40)
+    with pytest.raises(ValueError, match="bits must be 4, 5 or 8"):
+        kernels.linear(good, q.qs, q.d, q.m, 6, 64, 40)
     with pytest.raises(ValueError, match="K must be a multiple of 32"):
         kernels.linear(good, q.qs, q.d, q.m, 4, 48, 40)
 
