@@ -12,6 +12,8 @@ ALLOWED = {
     "zenlm.kernels": {"zenlm.cache"},  # the bottom: native code and its loader, nothing of zenlm's torch code
     # quantize on load; kernels: the native RMSNorm swapped in
     "zenlm.weights": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.quant", "zenlm.kernels", "zenlm.cache"},
+    # the GGUF writer reads the model it converts (any checkpoint zenlm loads) through weights/
+    "zenlm.quant.gguf_source": {"zenlm.quant", "zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights"},
     "zenlm.quant": {"zenlm.config", "zenlm.model", "zenlm.kernels", "zenlm.cache"},
     # weights: llm.py only; kernels: the C attention the paged cache calls, argmax for greedy sampling
     "zenlm.engine": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights", "zenlm.kernels"},

@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from zenlm.cli import agent, chat, eval, info, rag, sandbox, serve, store, train
+from zenlm.cli import agent, chat, eval, info, quantize, rag, sandbox, serve, store, train
 
-COMMANDS = (chat, serve, info, train, eval, store, agent, sandbox, rag)  # the order `zen --help` lists them in
+COMMANDS = (chat, serve, info, train, quantize, eval, store, agent, sandbox, rag)  # the order `zen --help` lists them
+
 
 
 def build_parser() -> argparse.ArgumentParser:
