@@ -68,6 +68,9 @@ def _read(path: Path, config: Config | None) -> FileInfo:
         meta = json.loads(config_file.read_text()) if config_file.is_file() else {}
         fmt, family = "safetensors", meta.get("model_type", "qwen2")
         quant = TORCH_DTYPES.get(str(meta.get("torch_dtype", "")).removeprefix("torch."), "unknown")
+        qc = meta.get("quantization_config") or {}
+        if qc.get("quant_method") in ("gptq", "awq"):  # as the hub names them: GPTQ-Int4, AWQ
+            quant = "AWQ" if qc["quant_method"] == "awq" else f"GPTQ-Int{qc.get('bits', 4)}"
         count = param_counts(config)["params_total"] if config is not None else 0
     stamp = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat().replace("+00:00", "Z")
     return FileInfo(fmt, family, quant, int(count), meta, sum(f.stat().st_size for f in files), _sha256(files),

@@ -23,7 +23,7 @@ from zenlm.kernels.norm import NativeRMSNorm
 from zenlm.model import RMSNorm, SwiGLULinear, Transformer, checkpoint_layout, checkpoint_state_dict
 from zenlm.quant.linear import QEmbedding, QLinear, quantize_linear
 from zenlm.tokenizer import Tokenizer
-from zenlm.weights import prequantized
+from zenlm.weights import prequantized, quantized_hf
 from zenlm.weights.defaults import gguf_generation_config
 from zenlm.weights.gguf import Blocks, GGUFCheckpoint
 from zenlm.weights.registry import cache_dir, resolve
@@ -67,13 +67,17 @@ def load(name: str | Path | None = "default", dtype: torch.dtype = torch.float32
         tensors, count = (item for f in files for item in read_safetensors(f)), None
         gen_file = src.path / "generation_config.json"
         gen = json.loads(gen_file.read_text()) if gen_file.exists() else {}
+    gptq_awq = quantized_hf.read_quantization(src.path) if src.kind == "hf" else None  # quantization_config
     cached = _prequantized_path(path, quant, dtype, files) if quant else None
     if cached is not None and cached.exists():
         model = prequantized.restore(config, cached, device)
     else:
         bar = tqdm(tensors, total=count, desc=f"loading {path.name}", unit="tensor", disable=not progress,
                    leave=False)
-        model = build(config, bar, path, dtype, device, quant)
+        if gptq_awq is not None:
+            model = quantized_hf.build(config, bar, path, gptq_awq, dtype, device, quant)
+        else:
+            model = build(config, bar, path, dtype, device, quant)
         if cached is not None:
             for stale in _stale_copies(cached):  # this source's copies made by older code or an older file
                 stale.unlink(missing_ok=True)
@@ -101,7 +105,7 @@ def _prequantized_path(src: Path, quant: str, dtype: torch.dtype, files: list[Pa
         st = f.stat()
         h.update(f"{f.name}|{st.st_size}|{st.st_mtime_ns}".encode())
     for code in (Path(__file__), Path(zenlm.model.__file__), Path(linear.__file__), Path(transcode.__file__),
-                 Path(dequant.__file__), *loader.QUANTIZER):
+                 Path(dequant.__file__), *loader.QUANTIZER, *quantized_hf.CODE):
         h.update(code.read_bytes())
     return cache_dir() / "quantized" / f"{_copy_prefix(src, quant, str(dtype))}-{h.hexdigest()[:16]}.safetensors"
 

@@ -19,11 +19,12 @@ from safetensors.torch import load_file, save_file
 
 from zenlm.config import Config
 from zenlm.model import Transformer
+from zenlm.quant.convert import PermutedInput
 from zenlm.quant.linear import QEmbedding, QLinear, is_quantized
 
 
 def save(model: Transformer, path: Path) -> None:
-    specs = {n: m.spec() for n, m in model.named_modules() if is_quantized(m)}
+    specs = {n: m.spec() for n, m in model.named_modules() if is_quantized(m) or isinstance(m, PermutedInput)}
     sd, aliases, seen = {}, {}, {}
     for k, v in model.state_dict().items():
         if v.data_ptr() in seen:
@@ -39,6 +40,8 @@ def save(model: Transformer, path: Path) -> None:
 
 
 def _module(spec: list) -> torch.nn.Module:
+    if spec[0] == "permuted":  # an act-order GPTQ linear (quant/convert.py)
+        return PermutedInput.empty(_module(spec[1]))
     kind, K, N, bits, extra = spec
     if kind in ("linear", "swiglu"):
         return QLinear(K, N, bits, bias=extra, glu=kind == "swiglu")
