@@ -1,7 +1,10 @@
 """The engine on a tiny random model: paged attention equals a full recompute; batching, chunked prefill,
-prefix caching and preemption never change a greedy output; abort frees every block; AsyncLLM streams."""
+prefix caching and preemption never change a greedy output; abort frees every block; AsyncLLM streams.
+
+ZENLM_TEST_DEVICE=cuda runs the same tests on a GPU (quantized weights through kernels/gpu_linear.py)."""
 
 import asyncio
+import os
 import random
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from zenlm.tokenizer.bpe import bytes_to_unicode
 TINY = Config(name="t", vocab_size=300, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
               intermediate_size=128, tie_word_embeddings=False, context_length=256, rope_theta=10000.0)
 GREEDY = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+DEVICE = os.environ.get("ZENLM_TEST_DEVICE", "cpu")
 
 
 @pytest.fixture(scope="module", params=["float32", "int8"])
@@ -28,12 +32,12 @@ def model(request):
     m = Transformer(TINY).eval()
     m.init_weights(std=0.3)
     if request.param == "float32":
-        return m
+        return m.to(DEVICE)
     from zenlm.weights.load import build
 
     q = build(TINY, iter(checkpoint_state_dict(m).items()), Path("tiny"), quant="int8")
     assert q.model.layers[0].mlp.down_proj.glu  # quantized the loader's way: [gate, up] into the kernel
-    return q
+    return q.to(DEVICE)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +50,7 @@ def tokenizer():
 
 
 def engine(model, tokenizer, **kw) -> Engine:
-    return Engine(model, tokenizer, {}, torch.float32, "cpu", EngineConfig(**kw))
+    return Engine(model, tokenizer, {}, torch.float32, DEVICE, EngineConfig(**kw))
 
 
 def run(eng: Engine, prompts, params=GREEDY) -> list[list[int]]:
@@ -61,7 +65,8 @@ def reference(model, prompt, n) -> list[int]:
     ids = list(prompt)
     with torch.no_grad():
         for _ in range(n):
-            logits = model(torch.tensor([ids]), torch.arange(len(ids))[None])[0, -1]
+            x = torch.tensor([ids], device=DEVICE)
+            logits = model(x, torch.arange(len(ids), device=DEVICE)[None])[0, -1]
             ids.append(int(logits.argmax()))
     return ids[len(prompt):]
 
@@ -74,10 +79,12 @@ def prompts(k=6, seed=0):
 def test_paged_decoding_equals_full_recompute(model, tokenizer):
     ps = prompts(3)
     eng = engine(model, tokenizer)
-    assert eng.runner.cache.native  # a fused model's attention goes through the C kernel
+    assert eng.runner.cache.native == (DEVICE == "cpu")  # a fused model's attention goes through the C kernel
+    assert (eng.runner.graphs is not None) == (DEVICE == "cuda")  # decode steps replay CUDA graphs
     assert run(eng, ps) == [reference(model, p, 12) for p in ps]
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="zenlm's C attention kernel runs on the CPU only")
 def test_native_attention_equals_torch_attention(model, tokenizer):
     """The C kernel's attention (rope, paged cache write, attention) against torch's on the same steps;
     every attention call of the native engine must really have gone through the kernel."""

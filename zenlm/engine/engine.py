@@ -35,6 +35,7 @@ class EngineConfig:
     max_num_seqs: int = 16
     max_num_batched_tokens: int = 512  # the per-step token budget (chunked prefill fills what decodes leave)
     max_waiting: int = 256  # requests queued beyond those running; AsyncLLM refuses more (Overloaded)
+    cuda_graphs: bool = True  # decode steps on CUDA replay captured graphs (cuda_graphs.py)
 
 
 @dataclass(slots=True)
@@ -57,7 +58,7 @@ class Engine:
         epoch = functools.partial(ntk_alpha, c.seq_length) if c.use_dynamic_ntk else None  # v1's rope epochs
         self.scheduler = Scheduler(self.blocks, ec.max_num_seqs, max(ec.max_num_batched_tokens, ec.max_num_seqs),
                                    rope_epoch=epoch)
-        self.runner = Runner(model, num_blocks, ec.block_size, ec.kv_dtype or dtype, device)
+        self.runner = Runner(model, num_blocks, ec.block_size, ec.kv_dtype or dtype, device, ec.cuda_graphs)
         self.eos = set(tokenizer.eos_token_ids)
         self.max_waiting = ec.max_waiting
         self._ids = itertools.count()

@@ -11,6 +11,7 @@ import torch
 
 import zenlm.kernels as kernels
 from zenlm.config import Config
+from zenlm.engine.cuda_graphs import DecodeGraphs, graph_safe
 from zenlm.engine.scheduler import Batch
 from zenlm.model import Transformer
 
@@ -75,10 +76,12 @@ class PagedKVCache:
 
 
 class Runner:
-    def __init__(self, model: Transformer, num_blocks: int, block_size: int, dtype: torch.dtype, device):
+    def __init__(self, model: Transformer, num_blocks: int, block_size: int, dtype: torch.dtype, device,
+                 cuda_graphs: bool = True):
         self.model, self.block_size, self.device = model, block_size, torch.device(device)
         native = self.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and kernels.available()
         self.cache = PagedKVCache(model.config, num_blocks, block_size, dtype, device, native)
+        self.graphs = DecodeGraphs(self) if cuda_graphs and graph_safe(model.config, self.device) else None
 
     @torch.inference_mode()
     def run(self, batch: Batch) -> torch.Tensor:
@@ -102,22 +105,41 @@ class Runner:
 
     def _forward(self, entries: list) -> torch.Tensor:
         """One model forward over rows that all add the same number of tokens: logits [B, V] of each
-        row's last token."""
+        row's last token (a decode step on CUDA replays a captured graph: cuda_graphs.py)."""
+        if self.graphs is not None and entries[0].num_tokens == 1:
+            out = self.graphs.forward(entries)
+            if out is not None:
+                return out
+        return self.call({k: v.to(self.device) for k, v in self.inputs(entries).items()})
+
+    def inputs(self, entries: list, rows: int = 0, blocks: int = 0) -> dict[str, torch.Tensor]:
+        """A forward's input tensors, on the CPU. rows and blocks pad the batch and each row's block table to a
+        fixed shape (cuda_graphs.py): a padding row adds one token at the scratch block's first slot and
+        sees only that key; padded keys lie at FAR, so they are masked."""
         B, bs = len(entries), self.block_size
         T = entries[0].num_tokens
         assert all(e.num_tokens == T for e in entries), "rows of one forward add the same number of tokens"
-        scratch, ctx_lens = self.cache.scratch, [e.context_len for e in entries]
-        nb = max(-(-c // bs) for c in ctx_lens)
-        tokens = torch.tensor([e.token_ids for e in entries])  # [B, T]: one tensor per field, built from lists
-        positions = torch.tensor([list(range(e.start, e.start + T)) for e in entries])
-        write = torch.tensor([e.slot_mapping for e in entries])
+        pad, scratch, ctx_lens = max(rows - B, 0), self.cache.scratch, [e.context_len for e in entries]
         used = [-(-c // bs) for c in ctx_lens]  # blocks each row's context fills; the rest point at scratch
-        tables = torch.tensor([e.block_table[:u] + [scratch] * (nb - u) for e, u in zip(entries, used)])
-        key_pos = torch.arange(max(ctx_lens)).repeat(B, 1)
-        key_pos[key_pos >= torch.tensor(ctx_lens)[:, None]] = FAR  # past a row's own context
-        last = torch.full((B,), T - 1)
-        ctx = torch.tensor(ctx_lens)
-        rope = torch.tensor([len(e.seq.all_ids) for e in entries])  # a prefill chunk turns as its whole prompt
-        dev = self.device
-        cache = self.cache.bind(write.to(dev), tables.to(dev), key_pos.to(dev), ctx.to(dev), rope.to(dev))
-        return self.model(tokens.to(dev), positions.to(dev), cache, logit_index=last.to(dev))  # [B, V]
+        nb = max(blocks, *used)
+        S = blocks * bs if blocks else max(ctx_lens)
+        fill = [[0] * T] * pad
+        key_pos = torch.arange(S).repeat(B + pad, 1)
+        key_pos[key_pos >= torch.tensor(ctx_lens + [1] * pad)[:, None]] = FAR  # past a row's own context
+        return {  # one tensor per field, built from lists
+            "tokens": torch.tensor([e.token_ids for e in entries] + fill),  # [B, T]
+            "positions": torch.tensor([list(range(e.start, e.start + T)) for e in entries] + fill),
+            "write": torch.tensor([e.slot_mapping for e in entries] + [[scratch * bs] * T] * pad),
+            "tables": torch.tensor([e.block_table[:u] + [scratch] * (nb - u) for e, u in zip(entries, used)]
+                                   + [[scratch] * nb] * pad),
+            "key_pos": key_pos,
+            "ctx": torch.tensor(ctx_lens + [1] * pad),
+            # a prefill chunk turns as its whole prompt
+            "rope": torch.tensor([len(e.seq.all_ids) for e in entries] + [1] * pad),
+            "last": torch.full((B + pad,), T - 1),
+        }
+
+    def call(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The model on inputs() already on the device: logits [B, V]."""
+        cache = self.cache.bind(x["write"], x["tables"], x["key_pos"], x["ctx"], x["rope"])
+        return self.model(x["tokens"], x["positions"], cache, logit_index=x["last"])

@@ -2,10 +2,11 @@
 
 QLinear keeps the weight as unsigned integers q with an fp16 scale d and offset m per group of 32
 inputs (w = d * q + m; the layout is kernels/csrc/linear.c's) and runs zenlm's own CPU kernel (zenlm.kernels):
-activations are quantized to int8 per group on the fly. Without a C compiler, or off the CPU, it
-dequantizes and calls F.linear: slower, same weights. `quantize_model` swaps every nn.Linear; a
-linear whose input width is not a multiple of 32 stays in float. Training-time quantization
-(QLoRA) is not here.
+activations are quantized to int8 per group on the fly. On a GPU with Triton it repacks once into
+kernels/gpu_linear.py's row layout and multiplies from the codes, never making a float weight. Without a
+C compiler, or on a GPU without Triton, it dequantizes and calls F.linear: slower, same weights.
+`quantize_model` swaps every nn.Linear; a linear whose input width is not a multiple of 32 stays in
+float. Training-time quantization (QLoRA) is not here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import zenlm.kernels as kernels
+from zenlm.kernels import gpu_linear
 from zenlm.model import SwiGLULinear
 
 GROUP, TILE = 32, 16  # inputs per scale, rows per tile (kernels/csrc/linear.c)
@@ -44,7 +46,7 @@ def _untile(qs: torch.Tensor, bits: int, K: int) -> torch.Tensor:
     if bits == 5:
         blocks = qs.view(T, K // GROUP, -1)
         low = _untile(blocks[..., :-64].reshape(T, -1), 4, K)
-        fifth = (blocks[..., -64:].reshape(T, K // GROUP, 8, 8, 1) & _BIT).ne(0).to(torch.uint8)
+        fifth = (blocks[..., -64:].reshape(T, K // GROUP, 8, 8, 1) & _BIT.to(qs.device)).ne(0).to(torch.uint8)
         fifth = fifth.view(T, K // GROUP, 8, TILE, 4).permute(0, 3, 1, 2, 4).reshape(T * TILE, K)
         return low | fifth << 4
     if bits == 4:
@@ -77,6 +79,28 @@ def group_codes(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor,
     return q.to(torch.uint8).view(N, K), d.view(N, -1).half(), m.view(N, -1).half()
 
 
+def _pack_rows(q: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8 codes [N, K] -> kernels/gpu_linear.py's row layout: the codes (8 bits) or nibble pairs, and
+    the fifth bits of 5-bit codes [N, K/8] (else None)."""
+    if bits == 8:
+        return q.contiguous(), None
+    low = q & 15
+    fifth = None
+    if bits == 5:
+        fifth = ((q >> 4).view(q.shape[0], -1, 8) * _BIT.to(q.device)).sum(-1, dtype=torch.uint8)
+    return (low[:, 0::2] | low[:, 1::2] << 4).contiguous(), fifth
+
+
+def _unpack_rows(qs: torch.Tensor, qh: torch.Tensor | None, bits: int) -> torch.Tensor:
+    """The inverse of _pack_rows: uint8 codes [R, K]."""
+    if bits == 8:
+        return qs
+    q = torch.stack([qs & 15, qs >> 4], -1).view(qs.shape[0], -1)
+    if qh is not None:
+        q |= ((qh[..., None] & _BIT.to(qh.device)).ne(0).to(torch.uint8) << 4).view(q.shape)
+    return q
+
+
 def _tiled(q: torch.Tensor, d: torch.Tensor, m: torch.Tensor, bits: int):
     """Untiled codes (rows padded to whole tiles) -> the kernel's (qs, d, m) layout."""
     N = q.shape[0]
@@ -105,7 +129,9 @@ class QLinear(nn.Module):
         self.register_buffer("d", torch.empty(T, K // GROUP, TILE, dtype=torch.float16, device=device))
         self.register_buffer("m", torch.empty(T, K // GROUP, TILE, dtype=torch.float16, device=device))
         self.register_buffer("bias", torch.empty(N, device=device) if bias else None)
+        self.register_buffer("qh", None)  # the fifth bits, in the row layout of 5-bit codes
         self.bits, self.in_features, self.out_features, self.glu = bits, K, N, glu
+        self.layout = "tiles"  # kernels/csrc/linear.c's; "rows": kernels/gpu_linear.py's (to_rows)
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, bias: torch.Tensor | None, bits: int, glu: bool = False) -> QLinear:
@@ -139,15 +165,36 @@ class QLinear(nn.Module):
         kind = "swiglu" if self.glu else "linear"
         return [kind, self.in_features, self.out_features, self.bits, self.bias is not None]
 
+    def to_rows(self) -> QLinear:
+        """Repack in place, on the module's device, into the GPU kernel's row layout (kernels/gpu_linear.py):
+        the same integers and scales, so the same weights; the tiled buffers are dropped."""
+        if self.layout == "rows":
+            return self
+        K, N = self.in_features, self.out_features
+        q = _untile(self.qs, self.bits, K)[:N]
+        self.d, self.m = (t.transpose(1, 2).reshape(-1, K // GROUP)[:N].contiguous() for t in (self.d, self.m))
+        self.qs, self.qh = _pack_rows(q, self.bits)
+        self.layout = "rows"
+        return self
+
     def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The float32 weight [N, K], or only the given rows [R, K]."""
         K, N = self.in_features, self.out_features
-        if rows is not None and self.qs.device.type == "cpu" and kernels.available():
+        if rows is not None and self.layout == "tiles" and self.qs.device.type == "cpu" and kernels.available():
             rows = rows.reshape(-1).to(device="cpu", dtype=torch.int64).contiguous()
             return kernels.dequant_rows(self.qs, self.d, self.m, self.bits, K, N, rows)
-        q = _untile(self.qs, self.bits, K)[:N]
-        d, m = (t.transpose(1, 2).reshape(-1, K // GROUP)[:N] for t in (self.d, self.m))
+        if self.layout == "rows":  # gather the rows' codes first: an embedding lookup unpacks only those
+            qs, qh, d, m = self.qs, self.qh, self.d, self.m
+            if rows is not None:
+                rows = rows.reshape(-1).to(qs.device)
+                qs, qh, d, m = qs[rows], None if qh is None else qh[rows], d[rows], m[rows]
+                rows = None
+            q = _unpack_rows(qs, qh, self.bits)
+        else:
+            q = _untile(self.qs, self.bits, K)[:N]
+            d, m = (t.transpose(1, 2).reshape(-1, K // GROUP)[:N] for t in (self.d, self.m))
         if rows is not None:
+            rows = rows.reshape(-1).to(q.device)
             q, d, m = q[rows], d[rows], m[rows]
         g = q.view(q.shape[0], -1, GROUP).float() * d.float()[..., None] + m.float()[..., None]
         return g.view(q.shape[0], K)
@@ -162,17 +209,22 @@ class QLinear(nn.Module):
 
     def _run(self, x: torch.Tensor, glu: bool) -> torch.Tensor:
         shape, K, N = x.shape, self.in_features, self.out_features
-        if x.device.type != "cpu" or not kernels.available():
-            if glu:
-                gate, up = x.chunk(2, dim=-1)
-                x = F.silu(gate) * up
-            bias = None if self.bias is None else self.bias.to(x.dtype)
-            y = F.linear(x.reshape(-1, K), self.dequantize().to(x.dtype), bias)
+        if x.device.type == "cpu" and self.layout == "tiles" and kernels.available():
+            x2 = x.reshape(-1, shape[-1])
+            if x2.dtype not in (torch.float32, torch.bfloat16):
+                x2 = x2.float()
+            y = kernels.linear(x2.contiguous(), self.qs, self.d, self.m, self.bits, K, N, self.bias, glu)
             return y.view(*shape[:-1], N)
-        x2 = x.reshape(-1, shape[-1])
-        if x2.dtype not in (torch.float32, torch.bfloat16):
-            x2 = x2.float()
-        y = kernels.linear(x2.contiguous(), self.qs, self.d, self.m, self.bits, K, N, self.bias, glu)
+        if glu:
+            gate, up = x.chunk(2, dim=-1)
+            x = F.silu(gate) * up
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if x.is_cuda and gpu_linear.available():
+            self.to_rows()
+            y = gpu_linear.linear(x.reshape(-1, K), self.qs, self.qh, self.d, self.m, self.bits, N)
+            y = y if bias is None else y + bias
+        else:
+            y = F.linear(x.reshape(-1, K), self.dequantize().to(x.dtype), bias)
         return y.view(*shape[:-1], N)
 
     def extra_repr(self) -> str:
@@ -188,6 +240,8 @@ class QEmbedding(nn.Module):
         self.table, self.dtype = table, dtype
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if tokens.is_cuda:  # a row gather from the packed codes, not an untiling of the whole table
+            self.table.to_rows()
         return self.table.dequantize(tokens.reshape(-1)).to(self.dtype).view(*tokens.shape, -1)
 
     def spec(self) -> list:
