@@ -12,6 +12,8 @@ mix       the default model written as F32 by zenlm, then quantized from that fi
           wall and CPU times, and the RMS error of all matrices against the F32 weights.
 tokens    a q8_0 file written by zenlm from the default model, in llama.cpp and in zenlm (float32 and int8):
           64 greedy tokens on 5 chat prompts; where they part, zenlm's logit margin between the two tokens.
+          For scale: llama.cpp against itself with an F32 instead of F16 K/V cache, and on llama-quantize's
+          own q8_0 of the same weights (when mix has made it).
 Prints markdown. Files go under --work (several GB for mix: the F32 file is 2.4 GB).
 """
 
@@ -77,12 +79,15 @@ def check_encoders(model: Path) -> None:
     real = [dequantize(t.data, t.qtype, t.shape).numpy() for t in tensors if t.shape[-1] % 256 == 0][:8]
     real += [dequantize(t.data, t.qtype, t.shape).numpy() for t in tensors if t.shape[-1] % 256][:8]
     print("\n## zenlm's encoders against llama.cpp's quantizer (ggml_quantize_chunk)\n")
-    print("| type | random 512x4096: identical blocks | default model's tensors: identical blocks | zenlm CPU s "
-          "| llama.cpp CPU s |")
-    print("|---|---|---|---|---|")
+    print("| type | random 512x4096: identical blocks | its relative RMS error | default model's tensors: identical "
+          "blocks | zenlm CPU s | llama.cpp CPU s |")
+    print("|---|---|---|---|---|---|")
     for qtype in K_AND_BLOCK_TYPES:
-        ra = same_blocks(encode(x, qtype), ref(x, qtype), qtype)
-        mine = theirs = 0.0
+        mine = encode(x, qtype)
+        ra = same_blocks(mine, ref(x, qtype), qtype)
+        back = dequantize(mine, qtype, x.shape).numpy()
+        rel = float(np.sqrt(((back - x) ** 2).sum() / (x.astype(np.float64) ** 2).sum()))
+        mine_s = theirs_s = 0.0
         same = total = 0
         for w in real:
             if w.shape[-1] % GGML_QUANT_SIZES[qtype][0]:
@@ -92,10 +97,10 @@ def check_encoders(model: Path) -> None:
             t1 = time.process_time()
             want = ref(w, qtype)
             t2 = time.process_time()
-            mine, theirs = mine + t1 - t0, theirs + t2 - t1
+            mine_s, theirs_s = mine_s + t1 - t0, theirs_s + t2 - t1
             s, n = same_blocks(ours, want, qtype)
             same, total = same + s, total + n
-        print(f"| {qtype.name} | {ra[0]}/{ra[1]} | {same}/{total} | {mine:.2f} | {theirs:.2f} |")
+        print(f"| {qtype.name} | {ra[0]}/{ra[1]} | {rel:.4f} | {same}/{total} | {mine_s:.2f} | {theirs_s:.2f} |")
 
 
 def k_steps(blocks: np.ndarray, qtype: T) -> np.ndarray:
@@ -185,10 +190,12 @@ def check_mix(work: Path, types: list[str], threads: int) -> None:
               f"{cpu:.1f} | {their_wall:.1f} | {rms_error(ours, f32):.4f} |")
 
 
-def greedy_llama(path: Path, prompts: list[list[int]], threads: int) -> list[list[int]]:
+def greedy_llama(path: Path, prompts: list[list[int]], threads: int, kv_type: int = 1) -> list[list[int]]:
+    """llama.cpp's 64 greedy tokens for each prompt; kv_type is the K/V cache's GGML type (1: F16, its default)."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False)
+    llm = Llama(model_path=str(path), n_ctx=512, n_threads=threads, n_threads_batch=threads, verbose=False,
+                type_k=kv_type, type_v=kv_type)
     out = []
     for ids in prompts:
         llm.reset()
@@ -202,6 +209,10 @@ def greedy_llama(path: Path, prompts: list[list[int]], threads: int) -> list[lis
     return out
 
 
+def common_prefix(a: list[int], b: list[int]) -> int:
+    return next((j for j in range(64) if a[j] != b[j]), 64)
+
+
 def check_tokens(work: Path, threads: int) -> None:
     import torch
 
@@ -212,8 +223,9 @@ def check_tokens(work: Path, threads: int) -> None:
     if not path.exists():
         write_gguf("default", path, "q8_0", progress=False)
     print(f"\n## {path.name} (written by zenlm from the default model): 64 greedy tokens, llama.cpp against zenlm\n")
-    print("| zenlm dtype | prompt | identical tokens from the start | zenlm's margin where they part (logit) |")
-    print("|---|---|---|---|")
+    print("| run | against | prompt | identical tokens from the start | zenlm's margin where they part (logit) "
+          "| zenlm's next token = llama.cpp's, teacher-forced |")
+    print("|---|---|---|---|---|---|")
     greedy = SamplingParams(max_tokens=64, temperature=0, repetition_penalty=1.0, ignore_eos=True)
     theirs = None
     for dtype in ("float32", "int8"):
@@ -222,14 +234,21 @@ def check_tokens(work: Path, threads: int) -> None:
         theirs = theirs or greedy_llama(path, prompts, threads)
         ours = [c.token_ids for c in zen.generate(prompts, greedy)]
         for i, (ids, a, b) in enumerate(zip(prompts, ours, theirs)):
-            k = next((j for j in range(64) if a[j] != b[j]), 64)
-            margin = "-"
-            if k < 64:
-                seq = torch.tensor([ids + b[:k]])
-                with torch.no_grad():
-                    row = zen.model(seq, torch.arange(seq.shape[1])[None])[0, -1]
-                margin = f"{float(row[a[k]] - row[b[k]]):.4f}"
-            print(f"| {dtype} | {i + 1} | {k}/64 | {margin} |")
+            seq = torch.tensor([ids + b])  # llama.cpp's tokens: zenlm's logits at each of its steps
+            with torch.no_grad():
+                rows = zen.model(seq, torch.arange(seq.shape[1])[None])[0, len(ids) - 1:-1]
+            agree = float((rows.argmax(-1) == torch.tensor(b)).float().mean())
+            k = common_prefix(a, b)
+            margin = f"{float(rows[k, a[k]] - rows[k, b[k]]):.4f}" if k < 64 else "-"
+            print(f"| zenlm {dtype} | llama.cpp | {i + 1} | {k}/64 | {margin} | {agree:.3f} |", flush=True)
+        del zen
+    # References: llama.cpp against itself with an F32 K/V cache, and on its own quantization of the same weights.
+    for i, (a, b) in enumerate(zip(greedy_llama(path, prompts, threads, kv_type=0), theirs)):
+        print(f"| llama.cpp, F32 K/V cache | llama.cpp | {i + 1} | {common_prefix(a, b)}/64 | - | - |")
+    own = work / "llama-q8_0.gguf"
+    if own.exists():
+        for i, (a, b) in enumerate(zip(greedy_llama(own, prompts, threads), theirs)):
+            print(f"| llama.cpp on {own.name} | llama.cpp | {i + 1} | {common_prefix(a, b)}/64 | - | - |")
 
 
 def main() -> None:

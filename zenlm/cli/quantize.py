@@ -33,7 +33,9 @@ def cmd_quantize(args) -> int:
         raise ValueError("--group-size must be a positive number of inputs, or -1 for one group per row")
     try:
         from zenlm.quant.hf_export import quantize_to_hf
-    except ImportError:
+    except ModuleNotFoundError as e:
+        if e.name != "zenlm.quant.hf_export":
+            raise
         raise ValueError("--format hf is not available: this zenlm has no zenlm.quant.hf_export") from None
     path = quantize_to_hf(args.model, Path(args.output), args.method or "rtn", args.bits or 4,
                           128 if group is None else group, args.calib, desc_act=bool(args.desc_act), progress=progress)
@@ -54,7 +56,8 @@ def _summary(path: Path) -> str:
 def add(sub) -> None:
     q = sub.add_parser("quantize", help="write a quantized release: a GGUF file, or an HF GPTQ/AWQ directory")
     q.add_argument("model", help=MODEL_HELP)
-    q.add_argument("--format", default="gguf", choices=["gguf", "hf"])
+    q.add_argument("--format", default="gguf", choices=["gguf", "hf"],
+                   help="gguf: one file for llama.cpp and zenlm (default); hf: a GPTQ/AWQ model directory")
     q.add_argument("--output", required=True, help="the .gguf file (--format gguf) or directory (--format hf)")
     q.add_argument("--type", help="GGUF file type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q2_k, q3_k_s, "
                                   "q3_k_m, q3_k_l, q4_k_s, q4_k_m (default), q5_k_s, q5_k_m, q6_k")
@@ -63,5 +66,5 @@ def add(sub) -> None:
     q.add_argument("--group-size", help="--format hf: inputs per scale (default 128; -1: one group per row)")
     q.add_argument("--calib", help="--format hf: calibration text (gptq, awq)")
     q.add_argument("--desc-act", action="store_true", default=None, help="--format hf: GPTQ act-order")
-    q.add_argument("--no-progress", action="store_true")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     q.set_defaults(func=cmd_quantize)
