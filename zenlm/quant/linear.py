@@ -139,14 +139,19 @@ class QLinear(nn.Module):
         kind = "swiglu" if self.glu else "linear"
         return [kind, self.in_features, self.out_features, self.bits, self.bias is not None]
 
+    def codes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The weight as from_codes takes it: integers q uint8 [N, K], fp16 d and m [N, K/32] (w = d * q + m)."""
+        K, N = self.in_features, self.out_features
+        d, m = (t.transpose(1, 2).reshape(-1, K // GROUP)[:N] for t in (self.d, self.m))
+        return _untile(self.qs, self.bits, K)[:N], d, m
+
     def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The float32 weight [N, K], or only the given rows [R, K]."""
         K, N = self.in_features, self.out_features
         if rows is not None and self.qs.device.type == "cpu" and kernels.available():
             rows = rows.reshape(-1).to(device="cpu", dtype=torch.int64).contiguous()
             return kernels.dequant_rows(self.qs, self.d, self.m, self.bits, K, N, rows)
-        q = _untile(self.qs, self.bits, K)[:N]
-        d, m = (t.transpose(1, 2).reshape(-1, K // GROUP)[:N] for t in (self.d, self.m))
+        q, d, m = self.codes()
         if rows is not None:
             q, d, m = q[rows], d[rows], m[rows]
         g = q.view(q.shape[0], -1, GROUP).float() * d.float()[..., None] + m.float()[..., None]
