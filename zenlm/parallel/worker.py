@@ -7,6 +7,7 @@ A spawned worker exits when rank 0's process is gone (a watcher on its parent), 
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 
@@ -39,6 +40,7 @@ def main(spec, rank: int) -> None:
     from zenlm.parallel.shard import shard
     from zenlm.weights.load import load
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: rank 0 stops us
     torch.set_num_threads(spec.threads)
     threading.Thread(target=_watch, args=(spec.parent,), name="zenlm-tp-parent", daemon=True).start()
     device = f"cuda:{rank}" if torch.device(spec.device).type == "cuda" else spec.device
