@@ -4,7 +4,8 @@ Two ways in. By default rank 0 spawns tp - 1 worker processes on this machine, w
 loopback on a free port. Under torchrun (RANK and WORLD_SIZE set; any number of machines) every process
 builds the same LLM: rank 0 goes on to run the engine, and on every other rank the constructor serves
 rank 0's forwards and then exits the process. gloo on CPU, nccl on CUDA (one device per rank).
-TPGroup.close() stops the workers (a STOP step, a barrier, then destroy_process_group); it also runs at exit.
+TPGroup.close() stops the workers (a STOP step, a barrier, then destroy_process_group); it also runs at exit,
+and SIGTERM (left at its default) becomes SystemExit so that exit is a clean one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import atexit
 import datetime
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
@@ -70,6 +72,8 @@ class TPGroup:
     def __init__(self, leader: Leader, procs: list, device: torch.device):
         self.leader, self.procs, self.device, self.closed = leader, procs, device, False
         atexit.register(self.close)
+        if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _exit_on_term)  # so atexit runs and the workers stop cleanly
 
     def close(self, timeout: float = 60.0) -> None:
         """Stop every worker: a STOP step (after any forward in flight), a barrier, destroy_process_group.
@@ -128,6 +132,10 @@ def start(model: Transformer, tp: int, name: str, dtype: str, device: str, num_b
     dist.barrier()  # every rank has its shard and its cache
     log.info("tensor parallel: %d ranks (%s)", tp, backend(device))
     return TPGroup(Leader(model), procs, torch.device(device))
+
+
+def _exit_on_term(signum, frame) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _free_port() -> int:

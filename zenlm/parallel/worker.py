@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -49,7 +50,13 @@ def main(spec, rank: int) -> None:
     dtype, quant = PRECISIONS[spec.dtype]
     loaded = load(spec.model, dtype=dtype, device=device, progress=False, quant=quant)
     model = shard(loaded.model, plan(loaded.config, spec.tp, rank))
-    serve(model, spec.num_blocks, spec.block_size, spec.kv_dtype, device)
+    try:
+        serve(model, spec.num_blocks, spec.block_size, spec.kv_dtype, device)
+    except RuntimeError as e:  # rank 0 went away mid-collective (killed): nothing left to serve
+        if os.getppid() == spec.parent:
+            raise
+        print(f"zenlm tensor-parallel rank {rank}: rank 0 is gone ({str(e).splitlines()[0][:120]})", file=sys.stderr)
+        os._exit(1)
 
 
 def _watch(parent: int) -> None:
