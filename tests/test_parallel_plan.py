@@ -58,3 +58,28 @@ def test_llm_refuses_an_invalid_degree_before_starting_any_process(tmp_path):
         LLM(str(path), progress=False, tp=2)
     with pytest.raises(ValueError, match="tp must be a whole number"):
         LLM(str(path), progress=False, tp=0)
+
+
+@pytest.mark.parametrize("bits", [4, 5, 8])
+def test_quantized_linears_shard_in_code_space_exactly(bits):
+    import torch
+
+    from zenlm.parallel.shard import keep_cols, keep_rows
+    from zenlm.quant.linear import QLinear
+
+    torch.manual_seed(0)
+    q = QLinear.from_float(torch.randn(40, 128), torch.randn(40), bits)  # 40 rows: tiles of 16 plus a partial one
+    full = q.dequantize()
+    rows = keep_rows(q, [range(0, 8), range(24, 40)])  # q's rows 0..7 then 24..39, as a fused q|k|v shard keeps
+    assert torch.equal(rows.dequantize(), torch.cat([full[:8], full[24:]]))
+    assert torch.equal(rows.bias, torch.cat([q.bias[:8], q.bias[24:]]))
+    cols = keep_cols(q, range(64, 128), keep_bias=False)  # a row-parallel shard: groups 2 and 3 of 32 inputs
+    assert torch.equal(cols.dequantize(), full[:, 64:]) and cols.bias is None
+    x = torch.randn(3, 128)
+    whole = torch.nn.functional.linear(x, full)
+    halves = [keep_cols(q, range(a, a + 64), keep_bias=False) for a in (0, 64)]
+    summed = sum(torch.nn.functional.linear(x[:, h.in_features * i:h.in_features * (i + 1)], h.dequantize())
+                 for i, h in enumerate(halves))
+    torch.testing.assert_close(summed, whole)  # what the all-reduce adds up
+    with pytest.raises(ValueError, match="do not fall on group boundaries"):
+        keep_cols(q, range(0, 48), keep_bias=True)
