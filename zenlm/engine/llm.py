@@ -138,11 +138,11 @@ class LLM:
             out += top_logprobs(lp, torch.tensor(ids[a + 1:a + 257]), [k] * lp.shape[0])
         return out
 
-
     def close(self) -> None:
         """Stop the tensor-parallel workers, if any (also done at exit)."""
-        if self.tp is not None:
-            self.tp.close()
+        tp = getattr(self, "tp", None)  # absent on facades built around an existing engine
+        if tp is not None:
+            tp.close()
 
 
 def _raise_failure(seq: Sequence) -> None:
