@@ -73,6 +73,8 @@ def test_two_ranks_with_partitioned_kv_heads_equal_one_process(tmp_path):
     finally:
         llm.close()
     assert all(not p.is_alive() for p in llm.tp.procs)
+    with pytest.raises(RuntimeError, match="the tensor-parallel group is closed"):
+        llm.generate("abc", SamplingParams(max_tokens=2))
 
 
 def test_zen_tiny_over_three_ranks_replicates_its_one_kv_head(tmp_path):

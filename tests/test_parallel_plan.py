@@ -83,3 +83,14 @@ def test_quantized_linears_shard_in_code_space_exactly(bits):
     torch.testing.assert_close(summed, whole)  # what the all-reduce adds up
     with pytest.raises(ValueError, match="do not fall on group boundaries"):
         keep_cols(q, range(0, 48), keep_bias=True)
+
+
+def test_a_quantized_shard_that_would_split_a_group_fails_before_any_process_starts(tmp_path):
+    import multiprocessing
+
+    from zenlm.engine.llm import LLM
+
+    path = write_model_dir(tmp_path / "m", num_heads=4, num_kv_heads=2, head_dim=8)  # o_proj: 16 inputs per rank
+    with pytest.raises(ValueError, match="columns 0..16 of 32 do not fall on group boundaries"):
+        LLM(str(path), dtype="int8", progress=False, tp=2)
+    assert multiprocessing.active_children() == []

@@ -109,14 +109,16 @@ def start(model: Transformer, tp: int, name: str, dtype: str, device: str, num_b
     other than 0, serve rank 0's forwards instead and exit the process when it stops."""
     c = model.config
     check(c, tp)
-    if under_torchrun():
-        world, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
-        if world != tp:
-            raise ValueError(f"tp={tp} but torchrun started {world} processes (WORLD_SIZE); they must match")
+    torchrun = under_torchrun()
+    rank = int(os.environ["RANK"]) if torchrun else 0
+    if torchrun and int(os.environ["WORLD_SIZE"]) != tp:
+        raise ValueError(f"tp={tp} but torchrun started {os.environ['WORLD_SIZE']} processes (WORLD_SIZE); "
+                         "they must match")
+    shard(model, plan(c, tp, rank))  # a model that cannot be cut (quantized groups) fails here, before any process
+    procs = []
+    if torchrun:
         dist.init_process_group(backend(device), timeout=IDLE)
-        procs = []
         if rank != 0:
-            shard(model, plan(c, tp, rank))
             worker.serve(model, num_blocks, block_size, kv_dtype, device)
             sys.exit(0)
     else:
@@ -127,9 +129,15 @@ def start(model: Transformer, tp: int, name: str, dtype: str, device: str, num_b
                  for r in range(1, tp)]
         for p in procs:
             p.start()
-        dist.init_process_group(backend(device), init_method=spec.init_method, rank=0, world_size=tp, timeout=IDLE)
-    shard(model, plan(c, tp, 0))
-    dist.barrier()  # every rank has its shard and its cache
+    try:
+        if not torchrun:
+            dist.init_process_group(backend(device), init_method=spec.init_method, rank=0, world_size=tp,
+                                    timeout=IDLE)
+        dist.barrier()  # every rank has its shard and its cache
+    except BaseException:
+        for p in procs:
+            p.kill()
+        raise
     log.info("tensor parallel: %d ranks (%s)", tp, backend(device))
     return TPGroup(Leader(model), procs, torch.device(device))
 

@@ -74,25 +74,28 @@ class Leader:
     an always-called forward hook), so stopping the workers never interleaves with a forward's collectives."""
 
     def __init__(self, model: torch.nn.Module):
-        self.lock = threading.Lock()
-        self.handles = [model.register_forward_pre_hook(self._pre, with_kwargs=True),
-                        model.register_forward_hook(self._post, always_call=True)]
+        self.lock, self.stopped, self.owner = threading.Lock(), False, None
+        model.register_forward_pre_hook(self._pre, with_kwargs=True)
+        model.register_forward_hook(self._post, always_call=True)
 
     def _pre(self, module, args: tuple, kwargs: dict) -> None:
         named = dict(zip(("tokens", "positions", "cache", "logit_index"), args)) | kwargs
         self.lock.acquire()
         try:
+            if self.stopped:  # the other ranks are gone
+                raise RuntimeError("the tensor-parallel group is closed")
             send(named["tokens"], named["positions"], named.get("cache"), named.get("logit_index"))
         except BaseException:
             self.lock.release()
             raise
+        self.owner = threading.get_ident()
 
     def _post(self, module, args, output) -> None:
-        if self.lock.locked():
+        if self.owner == threading.get_ident():  # this thread's forward (not one whose pre-hook failed)
+            self.owner = None
             self.lock.release()
 
     def stop(self, device: torch.device) -> None:
         with self.lock:
+            self.stopped = True
             send_stop(device)
-        for h in self.handles:
-            h.remove()
