@@ -16,7 +16,10 @@ ALLOWED = {
     # weights itself imports (linear.py) may not: test_quantized_layouts_do_not_import_weights
     "zenlm.quant": {"zenlm.config", "zenlm.model", "zenlm.kernels", "zenlm.cache", "zenlm.weights", "zenlm.tokenizer"},
     # weights: llm.py only; kernels: the C attention the paged cache calls, argmax for greedy sampling
-    "zenlm.engine": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights", "zenlm.kernels"},
+    "zenlm.engine": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights", "zenlm.kernels",
+                     "zenlm.parallel"},  # llm.py starts tensor parallelism (lazily, only for tp > 1)
+    # tensor parallelism: shards the model, runs the engine's runner on each rank; a spawned worker loads
+    "zenlm.parallel": {"zenlm.config", "zenlm.model", "zenlm.quant", "zenlm.engine", "zenlm.weights"},
     # /v1/embeddings serves the RAG embedding model (listed first: the first matching prefix rules)
     "zenlm.server.embeddings": {"zenlm.server", "zenlm.agent.rag.embed"},
     "zenlm.server": {"zenlm.engine", "zenlm.tokenizer"},  # HTTP over the engine, nothing below it

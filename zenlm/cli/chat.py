@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from zenlm.cli.common import add_model, load_llm, sampling_params
+from zenlm.cli.common import add_model, add_tp, load_llm, sampling_params
 
 
 def cmd_generate(args) -> int:
@@ -89,6 +89,7 @@ def add(sub) -> None:
     g = sub.add_parser("generate", help="complete one prompt and print only the completion")
     g.add_argument("prompt")
     add_model(g)
+    add_tp(g)
     g.add_argument("--system", help="system message (chat template)")
     g.add_argument("--max-tokens", type=int, default=256)
     g.add_argument("--temperature", type=float, default=None, help="0 = greedy; default from the model")
@@ -98,6 +99,7 @@ def add(sub) -> None:
 
     c = sub.add_parser("chat", help="interactive chat in the terminal")
     add_model(c)
+    add_tp(c)
     c.add_argument("--system", help="system message")
     c.add_argument("--max-tokens", type=int, default=1024)
     c.add_argument("--temperature", type=float, default=None)

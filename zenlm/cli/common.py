@@ -19,6 +19,12 @@ def add_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
 
 
+def add_tp(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tp", default="1", metavar="N",
+                   help="tensor parallelism: shard the model over N processes (spawned here; or one per torchrun "
+                        "rank, WORLD_SIZE = N); gloo on CPU, nccl on CUDA (default 1)")
+
+
 def pull_first(name: str | None) -> None:
     """A hub name not downloaded yet is pulled before a command loads it: after asking, in a terminal."""
     from pathlib import Path
@@ -43,7 +49,8 @@ def load_llm(args):
     pull_first(args.model)
     from zenlm.engine.llm import LLM
 
-    return LLM(args.model, dtype=args.dtype, device=args.device, progress=sys.stderr.isatty())
+    tp = count("--tp", getattr(args, "tp", None), 1) or 1
+    return LLM(args.model, dtype=args.dtype, device=args.device, progress=sys.stderr.isatty(), tp=tp)
 
 
 def sampling_params(args):

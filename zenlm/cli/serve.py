@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from zenlm.cli.common import add_model, pull_first
+from zenlm.cli.common import add_model, add_tp, count, pull_first
 
 
 def cmd_serve(args) -> int:
@@ -14,12 +14,13 @@ def cmd_serve(args) -> int:
     return serve(args.model, args.host, args.port, args.api_key or os.environ.get("ZEN_API_KEY"), args.dtype,
                  args.device, args.served_model_name, args.max_num_seqs, args.log_level, args.allowed_origins,
                  args.allowed_hosts, args.max_body_bytes, args.max_waiting, args.kv_cache_tokens,
-                 before_load=lambda: pull_first(args.model))
+                 before_load=lambda: pull_first(args.model), tp=count("--tp", args.tp, 1))
 
 
 def add(sub) -> None:
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (and Ollama's API, and a web chat)")
     add_model(s)
+    add_tp(s)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000, help="0 picks a free port (the URL printed says which)")
     s.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: $ZEN_API_KEY)")

@@ -37,11 +37,19 @@ PRECISIONS = {"float32": (torch.float32, None), "bfloat16": (torch.bfloat16, Non
 
 class LLM:
     def __init__(self, model: str = "default", dtype: str = "float32", device: str = "cpu", progress: bool = True,
-                 engine: EngineConfig | None = None):
+                 engine: EngineConfig | None = None, tp: int = 1):
+        """tp > 1: tensor parallelism over tp ranks (zenlm.parallel; this process is rank 0, or under torchrun
+        any rank: the others serve rank 0's forwards inside this call and then exit)."""
         from zenlm.weights.load import load
 
         if dtype not in PRECISIONS:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(PRECISIONS)}")
+        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+            raise ValueError(f"tp must be a whole number >= 1, got {tp!r}")
+        if tp > 1:
+            from zenlm.parallel.launch import rank_device
+
+            device = rank_device(device, tp)
         self.dtype, quant = PRECISIONS[dtype]
         loaded = load(model, dtype=self.dtype, device=device, progress=progress, quant=quant)
         self.config, self.model, self.tokenizer = loaded.config, loaded.model, loaded.tokenizer
@@ -50,6 +58,13 @@ class LLM:
         engine = engine or EngineConfig()
         if quant and engine.kv_dtype is None:  # quantized weights: K/V in bfloat16 too, half the cache memory
             engine = dataclasses.replace(engine, kv_dtype=torch.bfloat16)
+        self.tp = None
+        if tp > 1:  # shards self.model in place (its config becomes the shard's) before the engine sizes its cache
+            from zenlm.parallel.launch import start
+
+            blocks = -(-(engine.kv_cache_tokens or self.config.context_length) // engine.block_size)  # as Engine's
+            self.tp = start(self.model, tp, str(model), dtype, device, blocks, engine.block_size,
+                            engine.kv_dtype or self.dtype)
         self.engine = Engine(self.model, self.tokenizer, self.generation_config, self.dtype, device, engine)
 
     def file_info(self) -> FileInfo:
@@ -122,6 +137,12 @@ class LLM:
             lp = logprobs(logits[a:a + 256])
             out += top_logprobs(lp, torch.tensor(ids[a + 1:a + 257]), [k] * lp.shape[0])
         return out
+
+    def close(self) -> None:
+        """Stop the tensor-parallel workers, if any (also done at exit)."""
+        tp = getattr(self, "tp", None)  # absent on facades built around an existing engine
+        if tp is not None:
+            tp.close()
 
 
 def _raise_failure(seq: Sequence) -> None:
@@ -264,3 +285,4 @@ class AsyncLLM(LLM):
         self._closed = True
         self._wake.set()
         self._thread.join(timeout=5)
+        super().close()

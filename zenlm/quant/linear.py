@@ -165,16 +165,22 @@ class QLinear(nn.Module):
         kind = "swiglu" if self.glu else "linear"
         return [kind, self.in_features, self.out_features, self.bits, self.bias is not None]
 
+    def codes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The weight as from_codes takes it: integers q uint8 [N, K], fp16 d and m [N, K/32] (w = d * q + m)."""
+        K, N = self.in_features, self.out_features
+        if self.layout == "rows":
+            return _unpack_rows(self.qs, self.qh, self.bits), self.d, self.m
+        d, m = (t.transpose(1, 2).reshape(-1, K // GROUP)[:N] for t in (self.d, self.m))
+        return _untile(self.qs, self.bits, K)[:N], d, m
+
     def to_rows(self) -> QLinear:
         """Repack in place, on the module's device, into the GPU kernel's row layout (kernels/gpu_linear.py):
         the same integers and scales, so the same weights; the tiled buffers are dropped."""
-        if self.layout == "rows":
-            return self
-        K, N = self.in_features, self.out_features
-        q = _untile(self.qs, self.bits, K)[:N]
-        self.d, self.m = (t.transpose(1, 2).reshape(-1, K // GROUP)[:N].contiguous() for t in (self.d, self.m))
-        self.qs, self.qh = _pack_rows(q, self.bits)
-        self.layout = "rows"
+        if self.layout == "tiles":
+            q, d, m = self.codes()
+            self.d, self.m = d.contiguous(), m.contiguous()
+            self.qs, self.qh = _pack_rows(q, self.bits)
+            self.layout = "rows"
         return self
 
     def dequantize(self, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -183,16 +189,12 @@ class QLinear(nn.Module):
         if rows is not None and self.layout == "tiles" and self.qs.device.type == "cpu" and kernels.available():
             rows = rows.reshape(-1).to(device="cpu", dtype=torch.int64).contiguous()
             return kernels.dequant_rows(self.qs, self.d, self.m, self.bits, K, N, rows)
-        if self.layout == "rows":  # gather the rows' codes first: an embedding lookup unpacks only those
-            qs, qh, d, m = self.qs, self.qh, self.d, self.m
-            if rows is not None:
-                rows = rows.reshape(-1).to(qs.device)
-                qs, qh, d, m = qs[rows], None if qh is None else qh[rows], d[rows], m[rows]
-                rows = None
-            q = _unpack_rows(qs, qh, self.bits)
+        if self.layout == "rows" and rows is not None:  # an embedding lookup unpacks only its rows' codes
+            rows = rows.reshape(-1).to(self.qs.device)
+            q = _unpack_rows(self.qs[rows], None if self.qh is None else self.qh[rows], self.bits)
+            d, m, rows = self.d[rows], self.m[rows], None
         else:
-            q = _untile(self.qs, self.bits, K)[:N]
-            d, m = (t.transpose(1, 2).reshape(-1, K // GROUP)[:N] for t in (self.d, self.m))
+            q, d, m = self.codes()
         if rows is not None:
             rows = rows.reshape(-1).to(q.device)
             q, d, m = q[rows], d[rows], m[rows]
