@@ -6,22 +6,24 @@ the model never takes its one-row path, which attends to every key it is given),
 next power of two (the runner's inputs(): padding rows write to the scratch block, padded keys are masked).
 Each (rows, blocks) bucket is captured once, on first use, into one shared memory pool; a step past the
 largest bucket runs eagerly. Models whose forward reads values back to the host (Qwen v1's dynamic NTK and
-logn scaling, dynamic rope scaling, MoE routing) always run eagerly.
+logn scaling, dynamic rope scaling, MoE routing) always run eagerly, and so does a tensor-parallel model.
 """
 
 from __future__ import annotations
 
 import torch
-
-from zenlm.config import Config
+from torch import nn
 
 BATCHES = (2, 4, 8, 16, 32, 64, 128, 256)
 
 
-def graph_safe(c: Config, device: torch.device) -> bool:
-    """Whether the decode forward of this model can be captured on this device."""
+def graph_safe(model: nn.Module, device: torch.device) -> bool:
+    """Whether the decode forward of this model can be captured on this device. Hooks on the model (tensor
+    parallelism's step broadcast, zenlm/parallel/step.py) must run at every step, so they rule it out too."""
+    c = model.config
     dynamic = (c.rope_scaling or {}).get("type") == "dynamic"
-    return device.type == "cuda" and not (c.use_dynamic_ntk or c.use_logn_attn or dynamic or c.num_experts)
+    hooked = model._forward_pre_hooks or model._forward_hooks
+    return device.type == "cuda" and not (c.use_dynamic_ntk or c.use_logn_attn or dynamic or c.num_experts or hooked)
 
 
 class DecodeGraphs:

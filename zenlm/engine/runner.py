@@ -81,7 +81,7 @@ class Runner:
         self.model, self.block_size, self.device = model, block_size, torch.device(device)
         native = self.device.type == "cpu" and dtype in (torch.float32, torch.bfloat16) and kernels.available()
         self.cache = PagedKVCache(model.config, num_blocks, block_size, dtype, device, native)
-        self.graphs = DecodeGraphs(self) if cuda_graphs and graph_safe(model.config, self.device) else None
+        self.graphs = DecodeGraphs(self) if cuda_graphs and graph_safe(model, self.device) else None
 
     @torch.inference_mode()
     def run(self, batch: Batch) -> torch.Tensor:
