@@ -36,6 +36,59 @@ def wait_for(check, what: str, timeout: float = DEADLINE_S):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def test_serving_without_replicas_never_imports_ray(tmp_path):
+    """A real single-process `zen serve`, every import it makes logged (-X importtime): none is Ray's."""
+    model = write_model_dir(tmp_path / "tiny", **ZEN_TINY)
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    proc, url = start(["--model", str(model), "--dtype", "float32"], tmp_path / "log", env)
+    try:
+        out = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0).completions.create(
+            model=str(model), prompt="hi", max_tokens=2)
+        assert out.usage.completion_tokens == 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+    imported = [line.rsplit("|", 1)[1].strip() for line in (tmp_path / "log").read_text().splitlines()
+                if line.startswith("import time:") and "|" in line]
+    assert "uvicorn" in imported and "zenlm.server.app" in imported  # the log does list the imports
+    assert not [m for m in imported if m == "ray" or m.startswith("ray.")]
+
+
+def test_replicas_without_ray_says_how_to_install_it(tmp_path):
+    fake = tmp_path / "no_ray" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'ray'\", name='ray')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-m", "zenlm", "serve", "--replicas", "2", "--model", "zen-tiny"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == ["zen: error: zen serve --replicas needs Ray Serve, which is not "
+                                               "installed: pip install zenlm[ray]"]
+
+
+def test_ray_flags_need_replicas():
+    run = subprocess.run([sys.executable, "-m", "zenlm", "serve", "--ray-address", "auto"], capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).parent)
+    assert run.returncode == 1 and "--ray-address and --threads-per-replica need --replicas N" in run.stderr
+
+
+def test_cli_serves_replicas_and_stops_cleanly(tmp_path):
+    """The real `zen serve --replicas 1` process: its own local Ray cluster, one answer, Ctrl-C ends it all.
+    (Runs before the module's cluster starts, so two clusters never share the 2 CPUs.)"""
+    model = write_model_dir(tmp_path / "tiny", **ZEN_TINY)
+    proc, url = start(["--model", str(model), "--dtype", "float32", "--replicas", "1", "--served-model-name",
+                       "tiny"], tmp_path / "log", timeout=DEADLINE_S)
+    try:
+        out = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0).chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3, extra_body={"ignore_eos": True})
+        assert out.usage.completion_tokens == 3
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(120) == 0
+    assert "(1 replicas x 1 threads on Ray Serve)" in (tmp_path / "log").read_text()
+    assert (tmp_path / "log").read_text().rstrip().endswith("zen serve: stopped")
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     import ray
@@ -168,39 +221,3 @@ def test_killed_replica_ends_its_requests_with_503_and_is_replaced(client, clust
         assert pid != victim_pid and out.usage.completion_tokens == 2
         replicas.add(replica)
     assert victim not in replicas and len(replicas) == 2, replicas
-
-
-def test_serving_without_replicas_never_imports_ray(tmp_path):
-    """A real single-process `zen serve`, every import it makes logged (-X importtime): none is Ray's."""
-    model = write_model_dir(tmp_path / "tiny", **ZEN_TINY)
-    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
-    proc, url = start(["--model", str(model), "--dtype", "float32"], tmp_path / "log", env)
-    try:
-        out = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0).completions.create(
-            model=str(model), prompt="hi", max_tokens=2)
-        assert out.usage.completion_tokens == 2
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(60)
-    imported = [line.rsplit("|", 1)[1].strip() for line in (tmp_path / "log").read_text().splitlines()
-                if line.startswith("import time:") and "|" in line]
-    assert "uvicorn" in imported and "zenlm.server.app" in imported  # the log does list the imports
-    assert not [m for m in imported if m == "ray" or m.startswith("ray.")]
-
-
-def test_replicas_without_ray_says_how_to_install_it(tmp_path):
-    fake = tmp_path / "no_ray" / "ray"
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'ray'\", name='ray')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])}
-    run = subprocess.run([sys.executable, "-m", "zenlm", "serve", "--replicas", "2", "--model", "zen-tiny"],
-                         capture_output=True, text=True, env=env, timeout=120)
-    assert run.returncode == 1
-    assert run.stderr.strip().splitlines() == ["zen: error: zen serve --replicas needs Ray Serve, which is not "
-                                               "installed: pip install zenlm[ray]"]
-
-
-def test_ray_flags_need_replicas():
-    run = subprocess.run([sys.executable, "-m", "zenlm", "serve", "--ray-address", "auto"], capture_output=True,
-                         text=True, timeout=120, cwd=Path(__file__).parent)
-    assert run.returncode == 1 and "--ray-address and --threads-per-replica need --replicas N" in run.stderr

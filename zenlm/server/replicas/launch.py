@@ -7,6 +7,7 @@ nodes need zenlm and the model installed. Ctrl-C or SIGTERM deletes the applicat
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
@@ -28,14 +29,21 @@ def serve_replicas(options: EngineOptions, replicas: int, port: int = 8000, ray_
     if not 0 <= port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {port}")
     port = port or free_port(options.host)
-    ray.init(address=ray_address, num_cpus=None if ray_address else num_cpus, include_dashboard=False,
-             log_to_driver=options.log_level in ("info", "debug"), configure_logging=False)
+    if ray_address is None and num_cpus is None:  # a local cluster: room for every replica, even past the cores
+        num_cpus = max(os.cpu_count() or 1, replicas * options.threads)
+    ray.init(address=ray_address, num_cpus=num_cpus, include_dashboard=False, configure_logging=False)
+    logs = {"log_level": options.log_level.upper()}  # replicas' errors (a model that fails to load) reach stderr
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        serve.start(http_options={"host": options.host, "port": port})
-        serve.run(app, name=APP, route_prefix="/")
+        serve.start(http_options={"host": options.host, "port": port}, logging_config=logs)
+        try:
+            serve.run(app, name=APP, route_prefix="/", logging_config=logs)
+        except RuntimeError as e:  # a replica that cannot start: its traceback is above, from Ray
+            print(f"zen: error: the replicas did not start ({e}); the replica errors above say why",
+                  file=sys.stderr, flush=True)
+            return 1
         shown = f"[{options.host}]" if ":" in options.host else options.host
         print(f"zen serve: {options.served_name or options.model} on http://{shown}:{port}/v1 ({replicas} replicas "
               f"x {options.threads} threads on Ray Serve); Ctrl-C stops", file=sys.stderr, flush=True)
