@@ -129,24 +129,30 @@ class Ingress:
                             "trying another" if attempt + 1 < ATTEMPTS else "giving up")
         else:
             return lost("no engine replica is available")
+        streaming = False
         try:
-            start = await gen.__anext__()
-        except DEAD:
-            return lost(f"the replica {replica['id']} handling this request died")
-        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"x-zen-replica"]
-        headers.append((b"x-zen-replica", f"{replica['id']} pid={replica['pid']}".encode()))
-        if any(k.lower() == b"content-length" for k, _ in headers):  # a whole body: answer once it is all here
-            chunks = []
             try:
-                async for chunk in gen:
-                    chunks.append(chunk)
+                start = await gen.__anext__()
             except DEAD:
                 return lost(f"the replica {replica['id']} handling this request died")
-            response = Response(b"".join(chunks), status_code=start["status"])
-        else:
-            response = StreamingResponse(relay(gen, replica, headers), status_code=start["status"])
-        response.raw_headers = headers
-        return response
+            headers = [(k, v) for k, v in start["headers"] if k.lower() != b"x-zen-replica"]
+            headers.append((b"x-zen-replica", f"{replica['id']} pid={replica['pid']}".encode()))
+            if any(k.lower() == b"content-length" for k, _ in headers):  # a whole body: answer once it is all here
+                chunks = []
+                try:
+                    async for chunk in gen:
+                        chunks.append(chunk)
+                except DEAD:
+                    return lost(f"the replica {replica['id']} handling this request died")
+                response = Response(b"".join(chunks), status_code=start["status"])
+            else:
+                response = StreamingResponse(relay(gen, replica, headers), status_code=start["status"])
+                streaming = True  # relay() ends the replica's side
+            response.raw_headers = headers
+            return response
+        finally:
+            if not streaming:  # done, failed, or the client left (cancelled): the replica's side ends too
+                gen.cancel()
 
 
 def build(options: EngineOptions, replicas: int, router_kwargs: dict | None = None):
