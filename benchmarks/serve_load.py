@@ -12,7 +12,8 @@ each count N, `zen serve --replicas N --threads-per-replica 1` is started, loade
 and stopped; then, on the largest N, the same load runs again and one replica is killed (SIGKILL) once a
 third of the requests are done. It prints markdown tables: aggregate output tokens/s per N and the speed-up
 over the first, and for the kill run the requests that finished, got 503 (stream: an error event) or were
-lost otherwise, against those the killed replica held.
+lost otherwise, against those the killed replica held. The replicas' CPU seconds (from /proc, so only
+for a server on this machine) show how much of the machine they actually got.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Tally:
     inflight: dict = field(default_factory=dict)  # request id -> replica, while it runs
     pids: dict = field(default_factory=dict)  # replica -> pid
     served: dict = field(default_factory=dict)  # replica -> requests it started
+    cpu0: dict = field(default_factory=dict)  # pid -> its CPU seconds when first seen
     done: int = 0
 
 
@@ -54,6 +56,8 @@ async def one_request(client: openai.AsyncOpenAI, t: Tally, rid: str, tokens: in
             replica, _, pid = resp.headers.get("x-zen-replica", "single pid=0").partition(" pid=")
             t.inflight[rid], t.pids[replica] = replica, int(pid)
             t.served[replica] = t.served.get(replica, 0) + 1
+            if int(pid) not in t.cpu0:
+                t.cpu0[int(pid)] = cpu_seconds(int(pid))
             async for chunk in await resp.parse():
                 if first is None and chunk.choices and chunk.choices[0].delta.content:
                     first = time.perf_counter() - start
@@ -71,6 +75,16 @@ async def one_request(client: openai.AsyncOpenAI, t: Tally, rid: str, tokens: in
     finally:
         t.inflight.pop(rid, None)
         t.done += 1
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a local process (a replica), None if it is not here (any more)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def level(client: openai.AsyncOpenAI, clients: int, rounds: int, tokens: int, kill: bool = False) -> dict:
@@ -94,9 +108,12 @@ async def level(client: openai.AsyncOpenAI, clients: int, rounds: int, tokens: i
     await asyncio.gather(*jobs)
     wall = time.perf_counter() - start
     n, ok = clients * rounds, t.outcomes.count("ok")
+    used = [(cpu_seconds(p), c) for p, c in t.cpu0.items()]
+    cpu = sum(after - before for after, before in used if after is not None and before is not None)
     out = {"clients": clients, "requests": n, "ok": ok, "wall_s": round(wall, 2), "requests_per_s": round(ok / wall, 3),
            "tokens_per_s": round(t.generated / wall, 1), "mean_ttft_s": round(sum(t.ttfts) / max(ok, 1), 3),
-           "mean_latency_s": round(sum(t.latencies) / max(ok, 1), 3), "per_replica": sorted(t.served.values())}
+           "mean_latency_s": round(sum(t.latencies) / max(ok, 1), 3), "per_replica": sorted(t.served.values()),
+           "replica_cpu_s": round(cpu, 1)}
     if kill:
         out |= {"held_by_killed": killed.get("held"), "got_503": t.outcomes.count("503"),
                 "at_kill": killed.get("inflight"), "victim": sorted(t.pids)[0],
@@ -146,11 +163,13 @@ async def compare(args) -> None:
     base = rows[0][1]["tokens_per_s"]
     print(f"\n{args.clients} clients x {args.rounds} requests x {args.tokens} tokens, model {args.model}, "
           f"--dtype {args.dtype}, 1 thread per replica\n")
-    print("| replicas | requests ok | wall s | output tokens/s | speed-up | mean TTFT s | mean latency s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| replicas | requests ok | wall s | output tokens/s | speed-up | mean TTFT s | mean latency s "
+          "| replicas' CPU s (cores busy) |")
+    print("|---|---|---|---|---|---|---|---|")
     for n, r in rows:
         print(f"| {n} | {r['ok']}/{r['requests']} | {r['wall_s']} | {r['tokens_per_s']} | "
-              f"{r['tokens_per_s'] / base:.2f}x | {r['mean_ttft_s']} | {r['mean_latency_s']} |")
+              f"{r['tokens_per_s'] / base:.2f}x | {r['mean_ttft_s']} | {r['mean_latency_s']} | "
+              f"{r['replica_cpu_s']} ({r['replica_cpu_s'] / r['wall_s']:.2f}) |")
     if kill_row:
         print("\n| kill run | requests | finished | 503 | held by the killed replica | lost otherwise |")
         print("|---|---|---|---|---|---|")
