@@ -100,7 +100,6 @@ async def level(client: openai.AsyncOpenAI, clients: int, rounds: int, tokens: i
             await asyncio.sleep(0.05)
         victim = sorted(t.pids)[0]
         killed["held"] = sum(1 for r in t.inflight.values() if r == victim)
-        killed["inflight"] = dict(t.inflight)
         os.kill(t.pids[victim], signal.SIGKILL)
 
     start = time.perf_counter()
@@ -116,7 +115,6 @@ async def level(client: openai.AsyncOpenAI, clients: int, rounds: int, tokens: i
            "replica_cpu_s": round(cpu, 1)}
     if kill:
         out |= {"held_by_killed": killed.get("held"), "got_503": t.outcomes.count("503"),
-                "at_kill": killed.get("inflight"), "victim": sorted(t.pids)[0],
                 "lost": [o for o in t.outcomes if o.startswith("lost")]}
     return out
 

@@ -53,8 +53,7 @@ class EngineOptions:
 class ZenEngine:
     def __init__(self, options: dict):
         opts = EngineOptions(**options)
-        os.environ["OMP_NUM_THREADS"] = str(opts.threads)
-        import torch
+        import torch  # OMP_NUM_THREADS comes from the actor's runtime_env (build), set before the process starts
 
         torch.set_num_threads(opts.threads)
         from zenlm.engine.engine import EngineConfig
