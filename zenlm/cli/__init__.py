@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from zenlm.cli import chat, eval, info, serve, store, train
+from zenlm.cli import chat, eval, info, perplexity, serve, store, train
 
-COMMANDS = (chat, serve, info, train, eval, store)  # the order `zen --help` lists them in
+COMMANDS = (chat, serve, info, train, eval, perplexity, store)  # the order `zen --help` lists them in
 
 
 def build_parser() -> argparse.ArgumentParser:
