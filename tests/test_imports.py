@@ -14,6 +14,8 @@ ALLOWED = {
     "zenlm.weights": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.quant", "zenlm.kernels", "zenlm.cache"},
     # the release writers read checkpoints through weights (beside the engine, as train/ does); the layouts
     # weights itself imports (linear.py) may not: test_quantized_layouts_do_not_import_weights
+    # a GPTQ/AWQ directory's config.json is the one train/export.py writes for an HF checkpoint
+    "zenlm.quant.hf_export": {"zenlm.quant", "zenlm.config", "zenlm.model", "zenlm.weights", "zenlm.train"},
     "zenlm.quant": {"zenlm.config", "zenlm.model", "zenlm.kernels", "zenlm.cache", "zenlm.weights", "zenlm.tokenizer"},
     # weights: llm.py only; kernels: the C attention the paged cache calls, argmax for greedy sampling
     "zenlm.engine": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights", "zenlm.kernels",

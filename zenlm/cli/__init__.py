@@ -12,10 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from zenlm.cli import agent, chat, eval, info, quantize, rag, sandbox, serve, store, train
+from zenlm.cli import agent, chat, eval, info, perplexity, quantize, rag, sandbox, serve, store, train
 
-COMMANDS = (chat, serve, info, train, quantize, eval, store, agent, sandbox, rag)  # the order `zen --help` lists them
-
+COMMANDS = (chat, serve, info, train, quantize, perplexity, eval, store, agent, sandbox, rag)  # `zen --help`'s order
 
 
 def build_parser() -> argparse.ArgumentParser:

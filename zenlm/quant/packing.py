@@ -84,7 +84,7 @@ def to_gptq(grid: Grid, v1: bool = True) -> dict[str, torch.Tensor]:
     if v1 and zeros.numel() and int(zeros.min()) < 0:
         raise ValueError("GPTQ's v1 format stores zero points minus one and cannot hold a zero point of 0")
     return {"qweight": pack_int32(grid.q.T, grid.bits, 0), "qzeros": pack_int32(zeros, grid.bits, 1),
-            "scales": grid.scale.half().contiguous(), "g_idx": grid.g_idx.to(torch.int32).contiguous()}
+            "scales": grid.scale.half().clone(), "g_idx": grid.g_idx.to(torch.int32).clone()}  # no shared storage
 
 
 def from_gptq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, g_idx: torch.Tensor | None,
@@ -117,7 +117,7 @@ def to_awq(grid: Grid) -> dict[str, torch.Tensor]:
         raise ValueError(f"AWQ's GEMM format needs output features in runs of 8, got {N}")
     cols = _awq_columns(N)
     return {"qweight": pack_int32(grid.q.T[:, cols], 4, 1), "qzeros": pack_int32(grid.zero[:, cols], 4, 1),
-            "scales": grid.scale.half().contiguous()}
+            "scales": grid.scale.half().clone()}
 
 
 def from_awq(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int) -> Grid:

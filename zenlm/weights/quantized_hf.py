@@ -137,7 +137,7 @@ def build(config: Config, tensors, path: Path, q: Quantization, dtype: torch.dty
                             "re-quantized to int8 from its dequantized weight", path, owner)
                 fallback.add(owner)
         if module is None:
-            tensors.update({name: g.dequantize() for name, g in zip(names, grids)})
+            tensors.update({name: g.dequantize().to(dtype) for name, g in zip(names, grids)})
         else:
             for b in bias_names:
                 del tensors[b]
