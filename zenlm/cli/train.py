@@ -51,6 +51,7 @@ def add(sub) -> None:
     t.add_argument("--lora-targets", nargs="+")
     t.add_argument("--reward", help="grpo/ppo: exact_number, unit_tests, module:function or a `zen train rm` directory")
     t.add_argument("--qlora-type", choices=["nf4", "int4"])
+    t.add_argument("--qlora-dtype", choices=["bf16", "fp32"], help="QLoRA: dtype of the weights not in 4 bits")
     for name in ("lora", "qlora", "bf16", "checkpointing", "resume", "progress"):
         t.add_argument(f"--{name}", action=flag, default=None)
     t.set_defaults(func=cmd_train)
