@@ -29,6 +29,8 @@ NF4 = torch.tensor([-1.0, -0.6961928009986877, -0.5250730514526367, -0.394917488
                     0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
                     0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0])
 
+_NF4_MIDS = (NF4[1:] + NF4[:-1]) / 2
+
 
 @dataclass(slots=True)
 class LoRAConfig:
@@ -61,7 +63,7 @@ def quantize_4bit(rows, N: int, K: int, kind: str = "nf4", block: int = 64):
         wb = rows(i, min(i + ROWS, N)).float().view(-1, K // block, block)  # [n, K/G, G]
         if kind == "nf4":
             scale = wb.abs().amax(-1, keepdim=True).clamp_min(1e-12)  # [n, K/G, 1]
-            codes = (wb / scale).unsqueeze(-1).sub(NF4).abs().argmin(-1)  # [n, K/G, G]
+            codes = torch.bucketize(wb / scale, _NF4_MIDS)  # the nearest level; a tie goes to the lower one
             low = torch.zeros_like(scale)
         else:
             low = wb.amin(-1, keepdim=True)
@@ -117,7 +119,8 @@ class Linear4bit(nn.Module):
         out = torch.empty(N, K, dtype=dtype, device=self.packed.device)
         for i in range(0, N, ROWS):
             j = min(i + ROWS, N)
-            vals = table[self.packed[i:j].int()].view(j - i, K // G, G).mul_(self.scale[i:j].float())
+            idx = self.packed[i:j].reshape(-1).int()
+            vals = table.index_select(0, idx).view(j - i, K // G, G).mul_(self.scale[i:j].float())
             if self.kind != "nf4":  # NF4's low is zero
                 vals.add_(self.low[i:j].float())
             out[i:j] = vals.view(j - i, K)

@@ -38,13 +38,12 @@ class Pending:
     view: torch.Tensor | None = None  # the tensor itself when it can be kept as it is (a safetensors mmap view)
 
 
-def _madvise() -> Callable | None:
+def _libc(fn: str) -> Callable | None:
     name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name, use_errno=True) if name else None
-    return getattr(libc, "madvise", None)
+    return getattr(ctypes.CDLL(name, use_errno=True), fn, None) if name else None
 
 
-_MADVISE = _madvise()
+_MADVISE, _TRIM = _libc("madvise"), _libc("malloc_trim")  # glibc's; absent elsewhere
 _DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
 
 
@@ -114,8 +113,9 @@ def _read(p: Pending, out: torch.Tensor) -> None:
     if out.dim() == 0:
         out.copy_(p.rows(0, 1).reshape(()))
         return
-    for i in range(0, out.shape[0], ROWS):
-        j = min(i + ROWS, out.shape[0])
+    step = ROWS if out.dim() > 1 else out.shape[0]  # a vector at once
+    for i in range(0, out.shape[0], step):
+        j = min(i + step, out.shape[0])
         out[i:j] = p.rows(i, j).reshape(out[i:j].shape)
 
 
@@ -163,6 +163,8 @@ def build_qlora(config: Config, tensors: Iterator[tuple[str, Pending]], cfg: LoR
             if not need[owner]:
                 _install(model, owner, parts.pop(owner, []), sd, cfg)
                 del need[owner]
+                if _TRIM is not None:  # hand the freed chunks back: glibc keeps blocks under 32 MB in its arenas
+                    _TRIM(0)
     if config.tie_word_embeddings and "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:
         sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
     model.load_state_dict(sd, assign=True, strict=False)
