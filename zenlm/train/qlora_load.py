@@ -47,6 +47,12 @@ _MADVISE, _TRIM = _libc("madvise"), _libc("malloc_trim")  # glibc's; absent else
 _DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
 
 
+def trim_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc keeps freed blocks under 32 MB in its arenas)."""
+    if _TRIM is not None:
+        _TRIM(0)
+
+
 def drop_pages(addr: int, nbytes: int) -> None:
     """Let the OS drop the (unmodified, file-backed) pages of a read-only mapping: they no longer count in
     this process's RSS and are read from the file again if touched."""
@@ -163,8 +169,7 @@ def build_qlora(config: Config, tensors: Iterator[tuple[str, Pending]], cfg: LoR
             if not need[owner]:
                 _install(model, owner, parts.pop(owner, []), sd, cfg)
                 del need[owner]
-                if _TRIM is not None:  # hand the freed chunks back: glibc keeps blocks under 32 MB in its arenas
-                    _TRIM(0)
+                trim_heap()  # this linear's float chunks, freed
     if config.tie_word_embeddings and "lm_head.weight" not in sd and "model.embed_tokens.weight" in sd:
         sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
     model.load_state_dict(sd, assign=True, strict=False)

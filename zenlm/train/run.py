@@ -24,7 +24,7 @@ from zenlm.train import distributed as D
 from zenlm.train.export import plain_state_dict, save_model_dir
 from zenlm.train.lora import LoRAConfig, adapter_tensors, adapters_disabled, apply_lora, save_adapter
 from zenlm.train.losses import DPO, CrossEntropy
-from zenlm.train.qlora_load import load_qlora
+from zenlm.train.qlora_load import load_qlora, trim_heap
 from zenlm.train.reward import BradleyTerry, save_head, scalar_head
 from zenlm.train.rl_run import RL_TASKS, run_rl
 from zenlm.train.trainer import TrainConfig, Trainer, hidden_states
@@ -188,6 +188,8 @@ def run(rc: RunConfig) -> Trainer:
     loader = data_mod.Loader(items, per_step, seed=rc.train.seed)
     trainer = Trainer(model, loss, loader, collate, rc.train, held_out=held, dist=d, heads=heads)
     trainer.fit()
+    if rc.qlora:
+        trim_heap()  # the step's freed activations back to the OS before export allocates its own
     export(trainer, rc, config, tokenizer, gen, lora_cfg)
     if heads is not None and trainer.d.main:
         save_head(rc.output, heads)
