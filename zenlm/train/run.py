@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from zenlm.tokenizer import Tokenizer
 
 TASKS = ("pretrain", "sft", "dpo", "rm", "grpo", "ppo")
-PAIRED = ("dpo", "rm")
-QLORA_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}  # tasks that read (prompt, chosen, rejected) records
+PAIRED = ("dpo", "rm")  # tasks that read (prompt, chosen, rejected) records
+QLORA_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}  # QLoRA's weights not in 4 bits
 
 
 @dataclass(slots=True)
