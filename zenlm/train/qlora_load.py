@@ -43,7 +43,16 @@ def _libc(fn: str) -> Callable | None:
     return getattr(ctypes.CDLL(name, use_errno=True), fn, None) if name else None
 
 
-_MADVISE, _TRIM = _libc("madvise"), _libc("malloc_trim")  # glibc's; absent elsewhere
+_MADVISE, _TRIM, _MALLOPT = _libc("madvise"), _libc("malloc_trim"), _libc("mallopt")  # glibc's; absent elsewhere
+_M_MMAP_THRESHOLD = -3
+
+
+def heap_returns_large_blocks(threshold: int = 1 << 20) -> None:
+    """Serve every allocation over `threshold` bytes (activations, a dequantized weight) by its own mapping,
+    given back to the OS when freed: glibc otherwise raises the threshold up to 32 MB as blocks are
+    freed and keeps such blocks in its arenas, so a process's RSS grows past what it holds."""
+    if _MALLOPT is not None:
+        _MALLOPT(_M_MMAP_THRESHOLD, threshold)
 _DONTNEED = getattr(mmap, "MADV_DONTNEED", 4)
 
 

@@ -24,7 +24,7 @@ from zenlm.train import distributed as D
 from zenlm.train.export import plain_state_dict, save_model_dir
 from zenlm.train.lora import LoRAConfig, adapter_tensors, adapters_disabled, apply_lora, save_adapter
 from zenlm.train.losses import DPO, CrossEntropy
-from zenlm.train.qlora_load import load_qlora, trim_heap
+from zenlm.train.qlora_load import heap_returns_large_blocks, load_qlora, trim_heap
 from zenlm.train.reward import BradleyTerry, save_head, scalar_head
 from zenlm.train.rl_run import RL_TASKS, run_rl
 from zenlm.train.trainer import TrainConfig, Trainer, hidden_states
@@ -156,6 +156,7 @@ def run(rc: RunConfig) -> Trainer:
         lora_cfg = LoRAConfig(rc.lora_rank, rc.lora_alpha, rc.lora_dropout, tuple(rc.lora_targets),
                               rc.qlora_type if rc.qlora else None)
     if rc.qlora:  # the base quantized while it loads: no fp32 copy of it ever exists
+        heap_returns_large_blocks()  # QLoRA is about memory: RSS should be what the process holds
         config, model, tokenizer, gen = load_qlora(rc.model, lora_cfg, QLORA_DTYPES[rc.qlora_dtype], rc.tokenizer,
                                                    rc.train.seed)
         model.to(d.device)
