@@ -24,7 +24,7 @@ def cmd_estimate(args) -> int:
     from zenlm.train.estimate import estimate, format_estimate
 
     est = estimate(config_of(args.model), args.method, args.seq_len, args.batch, lora_rank=args.lora_rank,
-                   checkpointing=args.checkpointing, bf16=not args.fp32)
+                   checkpointing=args.checkpointing, bf16=not args.fp32, qlora_dtype=args.qlora_dtype)
     print(json.dumps(est) if args.json else format_estimate(est))
     return 0
 
@@ -51,6 +51,7 @@ def add(sub) -> None:
     t.add_argument("--lora-targets", nargs="+")
     t.add_argument("--reward", help="grpo/ppo: exact_number, unit_tests, module:function or a `zen train rm` directory")
     t.add_argument("--qlora-type", choices=["nf4", "int4"])
+    t.add_argument("--qlora-dtype", choices=["bf16", "fp32"], help="QLoRA: dtype of the weights not in 4 bits")
     for name in ("lora", "qlora", "bf16", "checkpointing", "resume", "progress"):
         t.add_argument(f"--{name}", action=flag, default=None)
     t.set_defaults(func=cmd_train)
@@ -63,5 +64,6 @@ def add(sub) -> None:
     e.add_argument("--lora-rank", type=int, default=16)
     e.add_argument("--checkpointing", action="store_true", help="activation checkpointing per block")
     e.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    e.add_argument("--qlora-dtype", default="bf16", choices=["bf16", "fp32"], help="QLoRA: the weights not in 4 bits")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_estimate)

@@ -29,6 +29,8 @@ NF4 = torch.tensor([-1.0, -0.6961928009986877, -0.5250730514526367, -0.394917488
                     0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
                     0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0])
 
+_NF4_MIDS = (NF4[1:] + NF4[:-1]) / 2
+
 
 @dataclass(slots=True)
 class LoRAConfig:
@@ -48,37 +50,81 @@ class LoRAConfig:
             raise ValueError(f"QLoRA quantization must be nf4 or int4, got {self.quantize!r}")
 
 
-class Linear4bit(nn.Module):
-    """A frozen linear stored in 4 bits, blockwise along the input: NF4 (absmax scale) or int4 (scale, min)."""
+ROWS = 256  # rows quantized at a time: the float rows of one chunk are all that exist beside the codes
 
-    def __init__(self, linear: nn.Linear, kind: str = "nf4", block: int = 64):
-        super().__init__()
-        w = linear.weight.detach().float()
-        N, K = w.shape
-        if K % block:
-            raise ValueError(f"4-bit base needs in_features divisible by {block}, got {K}")
-        wb = w.view(N, K // block, block)  # [N, K/G, G]
+
+def quantize_4bit(rows, N: int, K: int, kind: str = "nf4", block: int = 64):
+    """(packed [N, K/2] uint8, scale, low [N, K/G, 1] bf16) of an [N, K] weight, quantized ROWS rows at a
+    time; `rows(i, j)` gives rows i:j in any float dtype, so a caller can read them from a file lazily."""
+    if K % block:
+        raise ValueError(f"4-bit base needs in_features divisible by {block}, got {K}")
+    packed, scales, lows = [], [], []
+    for i in range(0, N, ROWS):
+        wb = rows(i, min(i + ROWS, N)).float().view(-1, K // block, block)  # [n, K/G, G]
         if kind == "nf4":
-            scale = wb.abs().amax(-1, keepdim=True).clamp_min(1e-12)  # [N, K/G, 1]
-            codes = torch.cat([(wb[i:i + 256] / scale[i:i + 256]).unsqueeze(-1).sub(NF4).abs().argmin(-1)
-                               for i in range(0, N, 256)])  # [N, K/G, G]; by rows: [n, K, 16] stays small
+            scale = wb.abs().amax(-1, keepdim=True).clamp_min(1e-12)  # [n, K/G, 1]
+            codes = torch.bucketize(wb / scale, _NF4_MIDS)  # the nearest level; a tie goes to the lower one
             low = torch.zeros_like(scale)
         else:
             low = wb.amin(-1, keepdim=True)
             scale = ((wb.amax(-1, keepdim=True) - low) / 15).clamp_min(1e-12)
             codes = ((wb - low) / scale).round().clamp(0, 15)
-        codes = codes.to(torch.uint8).view(N, K)
-        self.register_buffer("packed", codes[:, 0::2] | (codes[:, 1::2] << 4))  # [N, K/2]
-        self.register_buffer("scale", scale.to(torch.bfloat16))
-        self.register_buffer("low", low.to(torch.bfloat16))
-        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
-        self.kind, self.block, self.in_features, self.out_features = kind, block, K, N
+        codes = codes.to(torch.uint8).view(-1, K)
+        packed.append(codes[:, 0::2] | (codes[:, 1::2] << 4))
+        scales.append(scale.to(torch.bfloat16))
+        lows.append(low.to(torch.bfloat16))
+        del wb, codes
+    return torch.cat(packed), torch.cat(scales), torch.cat(lows)
+
+
+def _byte_values(kind: str, device: torch.device) -> torch.Tensor:
+    """[256, 2] float32: the two 4-bit values a packed byte holds (low nibble first)."""
+    b = torch.arange(256, device=device)
+    codes = torch.stack((b & 15, b >> 4), dim=-1)
+    return NF4.to(device)[codes] if kind == "nf4" else codes.float()
+
+
+class Linear4bit(nn.Module):
+    """A frozen linear stored in 4 bits, blockwise along the input: NF4 (absmax scale) or int4 (scale, min)."""
+
+    def __init__(self, linear: nn.Linear | None, kind: str = "nf4", block: int = 64):
+        super().__init__()
+        if linear is None:  # from_parts fills it
+            return
+        w = linear.weight.detach()
+        N, K = w.shape
+        self._set(*quantize_4bit(lambda i, j: w[i:j], N, K, kind, block), linear.bias, kind, block)
+
+    @classmethod
+    def from_parts(cls, parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], bias: torch.Tensor | None,
+                   kind: str, block: int) -> Linear4bit:
+        """One linear from quantize_4bit's results for its row ranges in order (a fused q/k/v's members):
+        the same codes as quantizing the whole weight at once, since blocks never cross rows."""
+        out = cls(None)
+        out._set(*(torch.cat(x) if len(parts) > 1 else x[0] for x in zip(*parts)), bias, kind, block)
+        return out
+
+    def _set(self, packed, scale, low, bias, kind: str, block: int) -> None:
+        self.register_buffer("packed", packed)  # [N, K/2]
+        self.register_buffer("scale", scale)
+        self.register_buffer("low", low)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.kind, self.block, self.in_features, self.out_features = kind, block, 2 * packed.shape[1], packed.shape[0]
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The float weight [N, K] in `dtype`, made ROWS rows at a time: beside the result only one chunk's
+        float32 values exist, so a matmul's transient is the weight in the compute dtype."""
         N, K, G = self.out_features, self.in_features, self.block
-        codes = torch.stack((self.packed & 15, self.packed >> 4), dim=-1).view(N, K // G, G)
-        vals = NF4.to(self.packed.device)[codes.long()] if self.kind == "nf4" else codes.float()
-        return (vals * self.scale.float() + self.low.float()).view(N, K).to(dtype)
+        table = _byte_values(self.kind, self.packed.device)
+        out = torch.empty(N, K, dtype=dtype, device=self.packed.device)
+        for i in range(0, N, ROWS):
+            j = min(i + ROWS, N)
+            idx = self.packed[i:j].reshape(-1).int()
+            vals = table.index_select(0, idx).view(j - i, K // G, G).mul_(self.scale[i:j].float())
+            if self.kind != "nf4":  # NF4's low is zero
+                vals.add_(self.low[i:j].float())
+            out[i:j] = vals.view(j - i, K)
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
@@ -172,29 +218,42 @@ def _lora_modules(model: nn.Module) -> dict[str, LoRALinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, LoRALinear)}
 
 
-def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
-    """Freeze the model and wrap each linear holding a target (by HF name: q_proj is a shard of the fused
-    qkv_proj) in a LoRALinear, in place; returns the model."""
-    model.requires_grad_(False)
+def lora_linears(model: nn.Module, targets: tuple[str, ...]) -> list[str]:
+    """Names of the linears holding a target (by HF name: q_proj is a shard of the fused qkv_proj)."""
     names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not isinstance(m, LoRALinear)
-             and (set(m.shards) & set(cfg.targets) if isinstance(m, PackedLinear)
-                  else n.rpartition(".")[2] in cfg.targets)]
+             and (set(m.shards) & set(targets) if isinstance(m, PackedLinear) else n.rpartition(".")[2] in targets)]
     if not names:
-        raise ValueError(f"no linear named {', '.join(cfg.targets)} in the model")
-    for name in names:  # by name, so each fp32 weight is freed as soon as its 4-bit copy replaces it
+        raise ValueError(f"no linear named {', '.join(targets)} in the model")
+    return names
+
+
+def base_block(in_features: int) -> int:
+    return 64 if in_features % 64 == 0 else 32  # 32 for widths like zen-tiny's 96
+
+
+def wrap(model: nn.Module, name: str, base: nn.Module, cfg: LoRAConfig) -> None:
+    """Put LoRALinear(base) in place of the model's linear `name` (whose kind says its parts and glu)."""
+    lin = model.get_submodule(name)
+    packed, glu = isinstance(lin, PackedLinear), isinstance(lin, SwiGLULinear)
+    parts = lin.shards if packed else {name.rpartition(".")[2]: lin.out_features}
+    model.set_submodule(name, LoRALinear(base, cfg.rank, cfg.alpha, cfg.dropout, parts,
+                                         cfg.targets if packed else None, glu, packed))
+
+
+def apply_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:
+    """Freeze the model and wrap each linear holding a target in a LoRALinear, in place; returns the model.
+    (QLoRA from a checkpoint quantizes while loading instead: qlora_load.py.)"""
+    model.requires_grad_(False)
+    for name in lora_linears(model, cfg.targets):  # by name, so each fp32 weight is freed once its 4-bit copy exists
         lin = model.get_submodule(name)
-        packed, glu = isinstance(lin, PackedLinear), isinstance(lin, SwiGLULinear)
-        parts = lin.shards if packed else {name.rpartition(".")[2]: lin.out_features}
-        block = 64 if lin.in_features % 64 == 0 else 32  # 32 for widths like zen-tiny's 96
         if cfg.quantize:
-            base = Linear4bit(lin, cfg.quantize, block)
-        elif glu:  # the same parameters as a plain linear, fed silu(gate) * up by the LoRALinear
+            base = Linear4bit(lin, cfg.quantize, base_block(lin.in_features))
+        elif isinstance(lin, SwiGLULinear):  # the same parameters as a plain linear, fed silu(gate) * up
             base = nn.Linear(lin.in_features, lin.out_features, bias=lin.bias is not None, device="meta")
             base.weight, base.bias = lin.weight, lin.bias
         else:
             base = lin
-        model.set_submodule(name, LoRALinear(base, cfg.rank, cfg.alpha, cfg.dropout, parts,
-                                             cfg.targets if packed else None, glu, packed))
+        wrap(model, name, base, cfg)
         del lin, base
     return model
 

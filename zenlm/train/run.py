@@ -2,7 +2,8 @@
 directory (a reward model's with its scalar head beside it).
 
 A preset name trains from scratch (random init, the default model's tokenizer); a .gguf file or HF
-directory fine-tunes (GGUF weights dequantized to fp32). Under torchrun every rank runs this same
+directory fine-tunes (GGUF weights dequantized to fp32; with QLoRA the base is quantized to 4 bits while it
+loads instead, qlora_load.py, and the rest kept in bf16). Under torchrun every rank runs this same
 function; rank 0 writes the export. This file only assembles the pieces, it has no loop of its own.
 """
 
@@ -23,6 +24,7 @@ from zenlm.train import distributed as D
 from zenlm.train.export import plain_state_dict, save_model_dir
 from zenlm.train.lora import LoRAConfig, adapter_tensors, adapters_disabled, apply_lora, save_adapter
 from zenlm.train.losses import DPO, CrossEntropy
+from zenlm.train.qlora_load import heap_returns_large_blocks, load_qlora, trim_heap
 from zenlm.train.reward import BradleyTerry, save_head, scalar_head
 from zenlm.train.rl_run import RL_TASKS, run_rl
 from zenlm.train.trainer import TrainConfig, Trainer, hidden_states
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 TASKS = ("pretrain", "sft", "dpo", "rm", "grpo", "ppo")
 PAIRED = ("dpo", "rm")  # tasks that read (prompt, chosen, rejected) records
+QLORA_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}  # QLoRA's weights not in 4 bits
 
 
 @dataclass(slots=True)
@@ -48,6 +51,7 @@ class RunConfig:
     lora: bool = False
     qlora: bool = False
     qlora_type: str = "nf4"  # nf4 | int4
+    qlora_dtype: str = "bf16"  # bf16 | fp32: QLoRA's weights besides the 4-bit linears (embedding, norms, head)
     lora_rank: int = 16
     lora_alpha: float = 32.0
     lora_dropout: float = 0.0
@@ -71,6 +75,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; choose from {', '.join(TASKS)}")
+        if self.qlora_dtype not in QLORA_DTYPES:
+            raise ValueError(f"qlora_dtype must be bf16 or fp32, got {self.qlora_dtype!r}")
 
 
 def make_config(settings: dict) -> RunConfig:
@@ -143,29 +149,22 @@ def build_data(rc: RunConfig, tokenizer: Tokenizer) -> tuple[list, list, Callabl
     return items, held, collate
 
 
-def release_freed_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc keeps freed blocks under 32 MB in its arenas)."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if name:
-        libc = ctypes.CDLL(name)
-        if hasattr(libc, "malloc_trim"):  # glibc only
-            libc.malloc_trim(0)
-
-
 def run(rc: RunConfig) -> Trainer:
     d = D.setup(rc.device)
-    config, model, tokenizer, gen = load_model(rc.model, rc.tokenizer, rc.train.seed)
-    model.to(d.device)
     lora_cfg = None
     if rc.lora or rc.qlora:
         lora_cfg = LoRAConfig(rc.lora_rank, rc.lora_alpha, rc.lora_dropout, tuple(rc.lora_targets),
                               rc.qlora_type if rc.qlora else None)
-        apply_lora(model, lora_cfg)
-        if rc.qlora:
-            release_freed_memory()  # the fp32 linears just replaced by 4-bit ones
+    if rc.qlora:  # the base quantized while it loads: no fp32 copy of it ever exists
+        heap_returns_large_blocks()  # QLoRA is about memory: RSS should be what the process holds
+        config, model, tokenizer, gen = load_qlora(rc.model, lora_cfg, QLORA_DTYPES[rc.qlora_dtype], rc.tokenizer,
+                                                   rc.train.seed)
+        model.to(d.device)
+    else:
+        config, model, tokenizer, gen = load_model(rc.model, rc.tokenizer, rc.train.seed)
+        model.to(d.device)
+        if lora_cfg is not None:
+            apply_lora(model, lora_cfg)
     if rc.task in RL_TASKS:
         return run_rl(rc, d, config, model, tokenizer, gen, lora_cfg)
     items, held, collate = build_data(rc, tokenizer)
@@ -190,6 +189,8 @@ def run(rc: RunConfig) -> Trainer:
     loader = data_mod.Loader(items, per_step, seed=rc.train.seed)
     trainer = Trainer(model, loss, loader, collate, rc.train, held_out=held, dist=d, heads=heads)
     trainer.fit()
+    if rc.qlora:
+        trim_heap()  # the step's freed activations back to the OS before export allocates its own
     export(trainer, rc, config, tokenizer, gen, lora_cfg)
     if heads is not None and trainer.d.main:
         save_head(rc.output, heads)
@@ -206,6 +207,7 @@ def export(trainer: Trainer, rc: RunConfig, config, tokenizer, gen: dict, lora_c
     def dequantize(prefix: str, _sd) -> torch.Tensor:
         return model.get_submodule(prefix).base.dequantize()
 
-    save_model_dir(rc.output, config, plain_state_dict(sd, scale, dequantize), tokenizer, gen)
+    dtype = QLORA_DTYPES[rc.qlora_dtype] if rc.qlora else torch.float32  # QLoRA's export: no fp32 embedding copy
+    save_model_dir(rc.output, config, plain_state_dict(sd, scale, dequantize), tokenizer, gen, dtype)
     if lora_cfg is not None:  # from the gathered tensors: under FSDP the model's own are shards
         save_adapter(None, Path(rc.output) / "adapter", lora_cfg, adapter_tensors(sd))
