@@ -14,7 +14,7 @@ def cmd_serve(args) -> int:
     return serve(args.model, args.host, args.port, args.api_key or os.environ.get("ZEN_API_KEY"), args.dtype,
                  args.device, args.served_model_name, args.max_num_seqs, args.log_level, args.allowed_origins,
                  args.allowed_hosts, args.max_body_bytes, args.max_waiting, args.kv_cache_tokens,
-                 before_load=lambda: pull_first(args.model))
+                 before_load=lambda: pull_first(args.model), code_interpreter=args.enable_code_interpreter)
 
 
 def add(sub) -> None:
@@ -40,4 +40,7 @@ def add(sub) -> None:
                         "(default: $ZEN_ALLOWED_HOSTS)")
     s.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024,
                    help="request bodies over this get 413 (default: 16 MiB)")
+    s.add_argument("--enable-code-interpreter", action="store_true",
+                   help="let /v1/code_interpreter (the web chat's switch) run model-written Python in the sandbox; "
+                        "off by default, and it needs the API key like every /v1 route")
     s.set_defaults(func=cmd_serve)
