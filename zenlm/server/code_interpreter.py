@@ -42,7 +42,7 @@ MEMORY_MB = 1024
 
 class CodeInterpreterRequest(_Model):
     model: str | None = None
-    messages: list[ChatMessage]
+    messages: list[ChatMessage] = Field(min_length=1)
     max_turns: int = Field(6, ge=1, le=20)
     max_tokens: int = Field(2048, ge=1)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
