@@ -10,6 +10,7 @@ import httpx
 import pytest
 import tiny_server
 from agent_script import Script, hermes_call
+from test_web_ui import browser  # noqa: F401 - headless Chromium (Debian's), for the page test
 
 import zenlm.agent.backends
 from zenlm.server.app import create_app
@@ -102,3 +103,29 @@ def test_a_run_streams_the_call_its_figure_and_the_answer(on, monkeypatch):
     assert answer["text"] == "I drew the squares of 0, 1 and 2." and answer["turn"] == 2
     system = script.requests[0]["messages"][0]
     assert system["role"] == "system" and "python" in system["content"]  # the server's default system message
+
+
+def test_the_page_draws_the_cards_and_the_figure(on, monkeypatch, browser):  # noqa: F811
+    """The page's side, in headless Chromium, with the same scripted turns (the real model: test_web_ui_agent.py)."""
+    script = Script([hermes_call("python", json.dumps({"code": PLOT.replace("\\n", "\n")})), "Here is the plot."])
+    monkeypatch.setattr(zenlm.agent.backends, "AsyncEngineBackend", lambda llm: script)
+    context = browser.new_context()
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(on + "/")
+    page.fill("#api-key", KEY)
+    page.check("#code-interpreter")
+    page.fill("#prompt", "Plot the squares.")
+    page.press("#prompt", "Enter")
+    answer = page.locator('.msg[data-mode="code-interpreter"][data-state="done"]')
+    answer.wait_for(timeout=120_000)
+    assert answer.locator(".tool-call:not(.result) pre").inner_text().startswith("import matplotlib.pyplot as plt")
+    assert "drawn" in answer.locator(".tool-call.result pre").inner_text()
+    assert page.evaluate("img => img.complete && img.naturalWidth > 100",
+                         answer.locator("img.figure").element_handle())
+    assert "Here is the plot." in answer.inner_text() and "1 tool call" in answer.inner_text()
+    assert page.evaluate("zenChat.state.history") == [{"role": "user", "content": "Plot the squares."},
+                                                      {"role": "assistant", "content": "Here is the plot."}]
+    context.close()
+    assert not errors, errors
