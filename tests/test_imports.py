@@ -24,6 +24,8 @@ ALLOWED = {
     "zenlm.parallel": {"zenlm.config", "zenlm.model", "zenlm.quant", "zenlm.engine", "zenlm.weights"},
     # /v1/embeddings serves the RAG embedding model (listed first: the first matching prefix rules)
     "zenlm.server.embeddings": {"zenlm.server", "zenlm.agent.rag.embed"},
+    # the web chat's code interpreter runs the agent loop (its python tool runs code in the agent's sandbox)
+    "zenlm.server.code_interpreter": {"zenlm.server", "zenlm.agent"},
     "zenlm.server": {"zenlm.engine", "zenlm.tokenizer"},  # HTTP over the engine, nothing below it
     # RL's rollout stage samples with the batched engine (issue 14), around the model being trained
     "zenlm.train.rollout": {"zenlm.train", "zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights",
@@ -33,9 +35,9 @@ ALLOWED = {
                             "zenlm.eval"},
     "zenlm.train": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights"},  # otherwise never the engine
     # drives the engine or an OpenAI URL; never the server (tool-call parsing is shared through tokenizer);
-    # runs model-written code in the agent's sandbox
+    # runs model-written code in the agent's sandbox, and its TIR loop (--mode tir)
     "zenlm.eval": {"zenlm.config", "zenlm.model", "zenlm.tokenizer", "zenlm.weights", "zenlm.engine",
-                   "zenlm.agent.sandbox"},
+                   "zenlm.agent.sandbox", "zenlm.agent.tir"},
 }
 
 

@@ -277,6 +277,18 @@ def test_a_wrong_api_key_shows_the_401(page, server, tmp_path):
     assert page.input_value("#api-key") == KEY
 
 
+def test_the_code_interpreter_switch_says_when_the_server_has_it_off(page, server):
+    _set_up(page, server)
+    page.check("#code-interpreter")
+    page.fill("#prompt", "Plot a sine wave.")
+    with page.expect_response(lambda r: r.url.endswith("/v1/code_interpreter")) as info:
+        page.press("#prompt", "Enter")
+    assert info.value.status == 403
+    page.wait_for_selector(ASSISTANT + '[data-state="error"]')
+    error = _last_answer(page).locator(".err").inner_text()
+    assert error.startswith("403") and "--enable-code-interpreter" in error and "API key was refused" not in error
+
+
 def test_tool_calls_are_shown(page, server, tmp_path):
     _set_up(page, server, max_tokens="64")
     page.click("#tools-example")

@@ -6,11 +6,14 @@ as they are generated; the last Piece carries the turn's generated-token count a
 The engine continues a message by rendering the chat template up to the generation prompt and
 appending the text. A chat API cannot, so the client appends it to the user message before it,
 after a blank line (Qwen-Agent's way of simulating a text completion over chat). A server's
-tool_calls come back as Hermes `<tool_call>` text, which the hermes format reads.
+tool_calls come back as Hermes `<tool_call>` text, which the hermes format reads. A server's own AsyncLLM
+(zen serve's code interpreter) is driven from the agent's worker thread through a private event loop, so the
+turns join the server's other requests in the one engine loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import Iterator
@@ -71,6 +74,37 @@ class EngineBackend:
 
     def close(self) -> None:
         pass
+
+
+class AsyncEngineBackend(EngineBackend):
+    """An AsyncLLM whose engine thread is already running (zen serve's): turns are submitted to it, never
+    stepped here. generate() blocks its caller: call it from a worker thread, not from a coroutine."""
+
+    def generate(self, messages: list[dict], tools: list[dict] | None, stop: list[str], max_tokens: int,
+                 temperature: float) -> Iterator[Piece]:
+        from zenlm.engine.sampling import SamplingParams
+
+        ids = self.llm.tokenizer.encode(self.prompt_text(messages, tools))
+        params = SamplingParams(max_tokens=max_tokens, temperature=temperature, stop=list(stop))
+        loop = asyncio.new_event_loop()
+        steps = self.llm.steps(ids, params)
+        try:
+            while True:
+                try:
+                    out = loop.run_until_complete(steps.__anext__())
+                except StopAsyncIteration:
+                    raise RuntimeError("the engine ended the turn without finishing it") from None
+                if out.text:
+                    yield Piece(out.text)
+                if out.finished:
+                    seq = out.seq
+                    break
+        finally:
+            loop.run_until_complete(steps.aclose())  # aborts a turn left early
+            loop.close()
+        if (seq.finish_reason or "").startswith("error"):
+            raise RuntimeError(f"generation failed ({seq.finish_reason}); the traceback is in the zenlm.engine log")
+        yield Piece("", len(seq.output_ids), seq.finish_reason)
 
 
 def fold_continuation(messages: list[dict]) -> list[dict]:
@@ -178,6 +212,8 @@ def backend_for(model_or_url, model: str | None = None, api_key: str | None = No
 
         return EngineBackend(LLM(model_or_url, dtype=dtype, progress=False))
     llm_module = sys.modules.get("zenlm.engine.llm")  # an LLM instance means the module is loaded
+    if llm_module is not None and isinstance(model_or_url, llm_module.AsyncLLM):
+        return AsyncEngineBackend(model_or_url)
     if llm_module is not None and isinstance(model_or_url, llm_module.LLM):
         return EngineBackend(model_or_url)
     if callable(getattr(model_or_url, "generate", None)):

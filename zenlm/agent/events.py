@@ -62,3 +62,5 @@ class AgentResult:
     messages: list[dict]  # the conversation in OpenAI's shape: system, user, assistant (tool_calls), tool
     stopped: StopReason | None = None
     tokens: int = 0  # tokens generated over all turns
+    sources: list = field(default_factory=list)  # with docs: the retrieved chunks (rag Hits), numbered from 1
+    citations: dict[int, str] = field(default_factory=dict)  # with docs: {n: chunk id} for each [n] the answer cites

@@ -14,6 +14,11 @@ Repeat-call breaker (agents.md §6.8, §7: agents looping on tools): a turn whos
 already made in the run (same tool, same arguments) is not run again; the loop asks for the answer in a
 user message (ANSWER_NOW) and the next turn is generated without the tools offered. The default 0.5B
 model needs it: after a tool result it calls the same tool again rather than answer.
+
+Documents (docs=INDEX, a `zen rag index` output or a documents directory): each run retrieves the `docs_k`
+chunks nearest its task (the last user message) and puts them, numbered, in the system message with
+zen chat --docs's citation instruction (rag/cite.py); result.sources lists them and result.citations maps
+each [n] the answer names to its chunk id.
 """
 
 from __future__ import annotations
@@ -65,11 +70,14 @@ class Agent:
     def __init__(self, model_or_url, tools: Iterable = (), format: str = "hermes", max_turns: int = 10,
                  max_tokens: int = 4096, system: str | None = None, tool_timeout: float = 30.0,
                  turn_tokens: int = 1024, temperature: float = 0.0, model: str | None = None,
-                 api_key: str | None = None, dtype: str = "auto", break_repeats: bool = True):
+                 api_key: str | None = None, dtype: str = "auto", break_repeats: bool = True, docs=None,
+                 docs_k: int = 4):
         """model_or_url: an LLM, a model name for LLM(...), an http(s) URL of an OpenAI-compatible server, or a
         Backend. tools: functions or Tools. max_tokens: generated tokens over the whole run; turn_tokens: per
         turn. tool_timeout: seconds per call, unless the Tool sets its own. model/api_key: for a URL.
-        break_repeats: when a turn only repeats calls already made, ask for the answer instead of running them."""
+        break_repeats: when a turn only repeats calls already made, ask for the answer instead of running them.
+        docs: a RAG index or documents directory (or a Retriever) to answer from with citations; docs_k: chunks
+        retrieved per run."""
         self.format = get_format(format)
         self.tools = as_tools(list(tools))
         _positive("max_turns", max_turns)
@@ -81,6 +89,12 @@ class Agent:
         self.max_turns, self.max_tokens, self.turn_tokens = max_turns, max_tokens, turn_tokens
         self.system, self.tool_timeout, self.temperature = system, float(tool_timeout), temperature
         self.break_repeats = break_repeats
+        _positive("docs_k", docs_k)
+        self.docs_k, self.retriever = docs_k, None
+        if docs is not None:
+            from zenlm.agent.rag import open_docs
+
+            self.retriever = docs if callable(getattr(docs, "search", None)) else open_docs(docs)
         self.backend: Backend = backend_for(model_or_url, model=model, api_key=api_key, dtype=dtype)
         if (self.format.native_tools and self.tools and isinstance(self.backend, EngineBackend)
                 and not self.backend.llm.tokenizer.chat_template):
@@ -97,10 +111,25 @@ class Agent:
             raise ValueError("the task must be a string or a non-empty list of messages with a 'role'")
         return [dict(m) for m in task]
 
+    def _with_docs(self, messages: list[dict], result: AgentResult) -> list[dict]:
+        """The chunks nearest the last user message, numbered in the system message (added if there is none)."""
+        from zenlm.agent.rag.cite import rag_system
+
+        query = next((m.get("content") for m in reversed(messages) if m["role"] == "user"), None)
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError("with docs, the task needs a user message with text to retrieve for")
+        result.sources = hits = self.retriever.search(query, self.docs_k)
+        if messages[0]["role"] == "system":
+            return [{**messages[0], "content": rag_system(hits, messages[0].get("content"))}] + messages[1:]
+        return [{"role": "system", "content": rag_system(hits)}] + messages
+
     def stream(self, task: str | list[dict]) -> Run:
         """The run's events as they happen (the last is a FinalAnswer or a Stopped); .result once done."""
         result = AgentResult(None, 0, 0, [])
-        return Run(self._loop(self._messages(task), result), result)
+        messages = self._messages(task)
+        if self.retriever is not None:
+            messages = self._with_docs(messages, result)
+        return Run(self._loop(messages, result), result)
 
     def run(self, task: str | list[dict]) -> AgentResult:
         """Run the task to its end: the answer (None if a limit or an error came first), counts, messages."""
@@ -127,6 +156,10 @@ class Agent:
                 if finish == "length" and result.tokens >= self.max_tokens:
                     break  # the answer was cut off by the budget
                 result.answer = reply.answer or ""
+                if result.sources:
+                    from zenlm.agent.rag.cite import cited
+
+                    result.citations = cited(result.answer, result.sources)
                 messages.append({"role": "assistant", "content": result.answer})
                 yield FinalAnswer(result.answer, turn)
                 return

@@ -2,7 +2,8 @@
 
 The transcript (the model's text, each tool call and its result) streams to stderr; the answer goes
 to stdout. With --json, stdout holds only one line: {"answer": ..., "turns": N, "tool_calls": N}
-(plus "stopped" when the run ended without an answer, which also exits 1).
+(plus "stopped" when the run ended without an answer, which also exits 1). With --docs DIR the answer
+cites the retrieved chunks as [n]; their ids follow on stderr (and under "citations" with --json).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def add(sub) -> None:
     p.add_argument("--api-key", help="the server's API key (with --base-url)")
     p.add_argument("--format", default="hermes", choices=FORMATS, help="how tools are offered and calls are read")
     p.add_argument("--system", help="a system message")
+    p.add_argument("--docs", metavar="DIR", help="answer from these documents (or a `zen rag index` output), "
+                   "citing the retrieved chunks as [n]")
+    p.add_argument("--k", default="4", help="with --docs: chunks retrieved (default 4)")
     p.add_argument("--max-turns", default="10", help="model calls at most (default 10)")
     p.add_argument("--max-tokens", default="4096", help="generated tokens at most, over the whole run (default 4096)")
     p.add_argument("--json", action="store_true", help="print one JSON line with the answer and counts to stdout")
@@ -56,6 +60,7 @@ def cmd_agent(args) -> int:
 
     max_turns = count("--max-turns", args.max_turns, 1)
     max_tokens = count("--max-tokens", args.max_tokens, 1)
+    k = count("--k", args.k, 1)
     names = [n.strip() for n in args.tools.split(",") if n.strip()]
     tools = builtin_tools(names)
     if args.base_url:
@@ -65,15 +70,21 @@ def cmd_agent(args) -> int:
     else:
         source = load_llm(args)
     with Agent(source, tools=tools, format=args.format, max_turns=max_turns, max_tokens=max_tokens,
-               system=args.system) as agent:
+               system=args.system, docs=args.docs, docs_k=k) as agent:
         run = agent.stream(args.task)
         for event in run:
             _show(event, sys.stderr)
     result = run.result
+    if result.sources:
+        from zenlm.agent.rag.cite import sources
+
+        print(f"sources: {sources(result.sources)}", file=sys.stderr)
     if args.json:
         line = {"answer": result.answer, "turns": result.turns, "tool_calls": result.tool_calls}
         if result.stopped:
             line["stopped"] = result.stopped
+        if args.docs:
+            line["citations"] = {str(n): cid for n, cid in result.citations.items()}
         print(json.dumps(line, ensure_ascii=False))
     elif result.answer is not None:
         print(result.answer)

@@ -28,6 +28,8 @@ def cmd_generate(args) -> int:
 
 
 def cmd_chat(args) -> int:
+    from zenlm.agent.rag.cite import rag_system, sources
+
     retriever = _docs(args.docs) if args.docs else None
     llm = load_llm(args)
     system = [{"role": "system", "content": args.system}] if args.system else []
@@ -57,7 +59,7 @@ def cmd_chat(args) -> int:
         context = system
         if retriever is not None:  # --docs: this turn's chunks replace the system message
             hits = retriever.search(text, args.k)
-            context = [{"role": "system", "content": _rag_system(hits, args.system)}]
+            context = [{"role": "system", "content": rag_system(hits, args.system)}]
         try:
             for piece in llm.stream_chat(context + history, sampling_params(args)):
                 answer.append(piece)
@@ -68,7 +70,7 @@ def cmd_chat(args) -> int:
         sys.stdout.write("\n")
         sys.stdout.flush()
         if hits:
-            print("sources: " + "  ".join(f"[{n}] {h.chunk_id}" for n, h in enumerate(hits, start=1)), file=sys.stderr)
+            print(f"sources: {sources(hits)}", file=sys.stderr)
         history.append({"role": "assistant", "content": "".join(answer)})
 
 
@@ -77,12 +79,6 @@ def _docs(path: str):
 
     print(f"indexing {path} ...", file=sys.stderr)
     return open_docs(path)
-
-
-def _rag_system(hits, system: str | None) -> str:
-    from zenlm.agent.rag import rag_system
-
-    return f"{system}\n\n{rag_system(hits)}" if system else rag_system(hits)
 
 
 def add(sub) -> None:

@@ -85,8 +85,9 @@ def add(sub) -> None:
     v.add_argument("--limit", default=None, help="only the first N samples of each task")
     v.add_argument("--num-shots", default=None, help="few-shot examples (default: the task's own)")
     v.add_argument("--max-tokens", default="512")
-    v.add_argument("--mode", default="auto", choices=["auto", "chat", "completion"],
-                   help="chat template (instruct models) or raw completion (base models); auto: from the model")
+    v.add_argument("--mode", default="auto", choices=["auto", "chat", "completion", "tir"],
+                   help="chat template (instruct models) or raw completion (base models); auto: from the model; "
+                        "tir (gsm8k): tool-integrated reasoning, the model's python blocks run in the sandbox")
     v.add_argument("--output", default="eval-results", help="results.json and samples.jsonl go here; "
                                                             "a rerun resumes from samples.jsonl")
     v.add_argument("--data", default=None, metavar="PATH",

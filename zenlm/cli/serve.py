@@ -18,6 +18,8 @@ def cmd_serve(args) -> int:
     if args.replicas is not None:
         if count("--tp", args.tp, 1) > 1:
             raise ValueError("--tp and --replicas cannot be combined yet: give one of them")
+        if args.enable_code_interpreter:
+            raise ValueError("--enable-code-interpreter is not available with --replicas yet")
         return serve_replicas(args, api_key)
     if args.ray_address is not None or args.threads_per_replica is not None:
         raise ValueError("--ray-address and --threads-per-replica need --replicas N")
@@ -26,7 +28,8 @@ def cmd_serve(args) -> int:
     return serve(args.model, args.host, args.port, api_key, args.dtype,
                  args.device, args.served_model_name, args.max_num_seqs, args.log_level, args.allowed_origins,
                  args.allowed_hosts, args.max_body_bytes, args.max_waiting, args.kv_cache_tokens,
-                 before_load=lambda: pull_first(args.model), tp=count("--tp", args.tp, 1))
+                 before_load=lambda: pull_first(args.model), tp=count("--tp", args.tp, 1),
+                 code_interpreter=args.enable_code_interpreter)
 
 
 def serve_replicas(args, api_key: str | None) -> int:
@@ -70,6 +73,9 @@ def add(sub) -> None:
                         "(default: $ZEN_ALLOWED_HOSTS)")
     s.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024,
                    help="request bodies over this get 413 (default: 16 MiB)")
+    s.add_argument("--enable-code-interpreter", action="store_true",
+                   help="let /v1/code_interpreter (the web chat's switch) run model-written Python in the sandbox; "
+                        "off by default, and it needs the API key like every /v1 route")
     r = s.add_argument_group("replicas (Ray Serve; pip install zenlm[ray])")
     r.add_argument("--replicas", type=int, default=None, metavar="N",
                    help="N engine processes behind one endpoint on Ray Serve; a conversation's requests go to the "

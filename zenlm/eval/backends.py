@@ -61,6 +61,7 @@ class EngineBackend:
         self.llm = LLM(model, dtype=dtype, device=device, progress=progress,
                        engine=EngineConfig(max_num_seqs=max_num_seqs))
         self.model, self.dtype = model if model != "default" else self.llm.path.name, dtype
+        self.max_num_seqs = max_num_seqs
 
     @property
     def context_length(self) -> int:
@@ -97,6 +98,13 @@ class EngineBackend:
         finally:
             for seq, _ in pending.values():
                 engine.abort(seq)  # an interrupted run frees its blocks
+
+    def tir_answers(self, samples: list[Sample], max_tokens: int) -> Iterator[tuple[Sample, str]]:
+        """Each problem through the TIR loop (zenlm/eval/tir.py), max_tokens over all its rounds; as many
+        problems in flight as the engine decodes sequences together."""
+        from zenlm.eval.tir import tir_answers
+
+        yield from tir_answers(self.llm, samples, max_tokens, window=self.max_num_seqs)
 
     def loglikelihoods(self, samples: list[Sample]) -> Iterator[tuple[Sample, list[float]]]:
         for s in samples:

@@ -24,7 +24,7 @@ from zenlm.eval.backends import Backend
 from zenlm.eval.task import Mode, Sample, Task, kind_of, metrics_of
 
 log = logging.getLogger("zenlm.eval")
-MODES = ("auto", "chat", "completion")
+MODES = ("auto", "chat", "completion", "tir")
 
 
 def parse_tasks(spec: str) -> list[str]:
@@ -99,7 +99,7 @@ def run(task_names: list[str], backend: Backend, output: str | Path, limit: int 
         task: Task = (prepared or {}).get(name) or TASKS[name](**(task_options or {}).get(name, {}))
         samples = task.samples(chosen, num_shots)[:limit]
         t0 = time.perf_counter()
-        rows, asked = _answer(task, samples, backend, samples_path, max_tokens, progress, score_workers)
+        rows, asked = _answer(task, samples, backend, samples_path, max_tokens, progress, score_workers, chosen)
         seconds = time.perf_counter() - t0
         if not asked and name in results and results[name].get("n") == len(rows):  # all resumed: keep its time
             seconds = results[name]["seconds"]
@@ -122,7 +122,7 @@ def run(task_names: list[str], backend: Backend, output: str | Path, limit: int 
 
 
 def _answer(task: Task, samples: list[Sample], backend: Backend, path: Path, max_tokens: int, progress: bool,
-            workers: int) -> tuple[list[dict], int]:
+            workers: int, mode: Mode = "chat") -> tuple[list[dict], int]:
     """This task's rows for `samples` (those samples.jsonl already holds, then the rest, asked and scored)
     and how many were asked."""
     prompts = {s.id: s.prompt for s in samples}
@@ -168,6 +168,11 @@ def _answer(task: Task, samples: list[Sample], backend: Backend, path: Path, max
                 answered = iter(())
             elif kind_of(task) == "loglikelihood":
                 answered = backend.loglikelihoods(todo)
+            elif mode == "tir":
+                if not hasattr(backend, "tir_answers"):
+                    raise ValueError("--mode tir runs the model's code between rounds: it needs the in-process "
+                                     "engine, not --base-url")
+                answered = backend.tir_answers(todo, max_tokens)
             else:
                 answered = backend.answers(todo, max_tokens)
             futures = [pool.submit(score, s, output) for s, output in answered]

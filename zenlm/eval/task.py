@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-Mode = Literal["chat", "completion"]
+Mode = Literal["chat", "completion", "tir"]  # tir: chat with the TIR loop (gsm8k; eval/tir.py)
 
 
 @dataclass(slots=True)

@@ -1,9 +1,9 @@
 """The FastAPI app: routes, API-key auth, request metrics, the web chat page.
 
-create_app(state) wires chat.py, completions.py, embeddings.py and ollama.py with the small routes that live here:
-/health, /v1/models, /tokenize, /detokenize, /tokenizer_info, /metrics, and `/` + `/ui/*`, which
-serve zenlm/server/ui/ (the page itself lives there, not here). With an API key, /v1 and /api routes
-need `Authorization: Bearer KEY`; /health, /metrics and the page stay open. security.py's Guard and CORS
+create_app(state) wires chat.py, completions.py, embeddings.py, code_interpreter.py and ollama.py with the
+small routes that live here: /health, /v1/models, /tokenize, /detokenize, /tokenizer_info, /metrics, and
+`/` + `/ui/*`, which serve zenlm/server/ui/ (the page itself lives there, not here). With an API key, /v1 and /api
+routes need `Authorization: Bearer KEY`; /health, /metrics and the page stay open. security.py's Guard and CORS
 (loopback origins, plus --allowed-origins) wrap everything.
 """
 
@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Res
 from fastapi.staticfiles import StaticFiles
 from pydantic import Field
 
-from zenlm.server import chat, completions, embeddings, errors, ollama
+from zenlm.server import chat, code_interpreter, completions, embeddings, errors, ollama
 from zenlm.server.errors import APIError
 from zenlm.server.generate import ServerState
 from zenlm.server.protocol import ChatMessage, Tool, _Model
@@ -105,6 +105,7 @@ def create_app(state: ServerState, security: Security | None = None) -> FastAPI:
     app.include_router(completions.router)
     app.include_router(ollama.router)
     app.include_router(embeddings.router)  # loads its model on first use
+    app.include_router(code_interpreter.router)  # 403 unless zen serve --enable-code-interpreter
 
     @app.get("/health")
     async def health():

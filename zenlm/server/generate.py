@@ -30,6 +30,7 @@ class ServerState:
     aliases: set[str] = field(default_factory=set)
     grammars: Grammars = None
     metrics: Metrics = None
+    code_interpreter: bool = False  # zen serve --enable-code-interpreter: /v1/code_interpreter runs code
 
     def __post_init__(self):
         self.aliases = {self.model_name, self.llm.path.name, self.llm.path.stem, *self.aliases}

@@ -20,7 +20,8 @@ def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, api
           dtype: str = "auto", device: str = "cpu", served_name: str | None = None, max_num_seqs: int = 16,
           log_level: str = "warning", allowed_origins: str | None = None, allowed_hosts: str | None = None,
           max_body_bytes: int = 16 * 1024 * 1024, max_waiting: int = 256,
-          kv_cache_tokens: int | None = None, before_load: Callable[[], None] | None = None, tp: int = 1) -> int:
+          kv_cache_tokens: int | None = None, before_load: Callable[[], None] | None = None, tp: int = 1,
+          code_interpreter: bool = False) -> int:
     """Serve until Ctrl-C or SIGTERM. before_load runs once the flags and the port are checked, before the
     model loads (the CLI pulls a hub name there, asking first in a terminal). tp > 1: tensor parallelism."""
     import uvicorn
@@ -47,7 +48,7 @@ def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, api
     engine = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max(512, max_num_seqs),
                           max_waiting=max_waiting, kv_cache_tokens=kv_cache_tokens)
     llm = AsyncLLM(model, dtype=dtype, device=device, progress=sys.stderr.isatty(), engine=engine, tp=tp)
-    state = ServerState(llm, served_name or model, api_key or None)
+    state = ServerState(llm, served_name or model, api_key or None, code_interpreter=code_interpreter)
     config = uvicorn.Config(create_app(state, security), host=host, port=port, log_level=log_level, lifespan="off",
                             timeout_graceful_shutdown=GRACE_S, access_log=log_level in ("info", "debug"))
     server = uvicorn.Server(config)
@@ -60,6 +61,7 @@ def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, api
             bound = server.servers[0].sockets[0].getsockname()[1]
             shown = f"[{host}]" if ":" in host else host
             key = " (API key required)" if state.api_key else ""
+            key += "; the code interpreter runs model-written code in the sandbox" if code_interpreter else ""
             print(f"zen serve: {state.model_name} on http://{shown}:{bound}/v1{key}; web chat at "
                   f"http://{shown}:{bound}/ ; Ctrl-C stops", file=sys.stderr, flush=True)
         await task

@@ -5,8 +5,8 @@ renders them as a numbered context block ([1], [2], ...) for a prompt. Heavy imp
 model, pypdf) happen inside the functions that need them; importing this package costs nothing.
 """
 
-from zenlm.agent.rag.cite import cite, rag_messages, rag_system
+from zenlm.agent.rag.cite import cite, cited, rag_messages, rag_system, sources
 from zenlm.agent.rag.index import build_index
 from zenlm.agent.rag.retriever import Hit, Retriever, open_docs
 
-__all__ = ["Hit", "Retriever", "build_index", "cite", "open_docs", "rag_messages", "rag_system"]
+__all__ = ["Hit", "Retriever", "build_index", "cite", "cited", "open_docs", "rag_messages", "rag_system", "sources"]

@@ -2,8 +2,11 @@
 
 Chat mode (instruct models): 0-shot chain of thought, Qwen's instruct prompt asking for the answer in
 \\boxed{}. Completion mode (base models): Qwen's 4-shot "Question: ... Answer: ..." format, the shots
-taken from the head of the train split. The answer is the last number of the output (the last
-\\boxed{} one when there is one), compared exactly, as a number, with the gold after "####".
+taken from the head of the train split. TIR mode (tool-integrated reasoning, zenlm/eval/tir.py): the chat
+prompt with Qwen2.5-Math's TIR instruction in place of the chain-of-thought one (in the user turn, as in
+chat mode, so the two differ only in it); the model's python blocks run in the sandbox as it writes them.
+The answer is the last number of the output (the last \\boxed{} one when there is one), compared exactly,
+as a number, with the gold after "####".
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from decimal import Decimal, InvalidOperation
 from functools import cache
 from pathlib import Path
 
+from zenlm.agent.tir import TIR_SYSTEM
 from zenlm.eval.task import Mode, Sample
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "gsm8k"
@@ -84,12 +88,17 @@ class GSM8K:
     metric = "accuracy"
 
     def samples(self, mode: Mode, num_shots: int | None = None) -> list[Sample]:
-        if mode not in ("chat", "completion"):
-            raise ValueError(f"unknown mode {mode!r}; choose chat or completion")
-        k = (0 if mode == "chat" else 4) if num_shots is None else num_shots
+        if mode not in ("chat", "completion", "tir"):
+            raise ValueError(f"unknown mode {mode!r}; choose chat, completion or tir")
+        if mode == "tir" and num_shots:
+            raise ValueError("--mode tir is 0-shot; drop --num-shots")
+        k = (4 if mode == "completion" else 0) if num_shots is None else num_shots
         if not 0 <= k <= 64:
             raise ValueError(f"--num-shots must be 0 to 64 for gsm8k, got {k}")
         shots = _read("train")[:k]
+        if mode == "tir":
+            return [Sample(f"gsm8k/{i}", [{"role": "user", "content": f"{q}\n{TIR_SYSTEM}"}], gold)
+                    for i, (q, _, gold) in enumerate(_read("test"))]
         make = self._chat if mode == "chat" else self._completion
         return [Sample(f"gsm8k/{i}", make(q, shots), gold, [] if mode == "chat" else ["Question:", "\n\n\n"])
                 for i, (q, _, gold) in enumerate(_read("test"))]
