@@ -37,7 +37,9 @@ PRECISIONS = {"float32": (torch.float32, None), "bfloat16": (torch.bfloat16, Non
 
 class LLM:
     def __init__(self, model: str = "default", dtype: str = "float32", device: str = "cpu", progress: bool = True,
-                 engine: EngineConfig | None = None):
+                 engine: EngineConfig | None = None, speculative: str | None = None, num_speculative_tokens: int = 5):
+        """speculative: "ngram" (prompt lookup) or a draft model sharing the tokenizer (any name load() takes,
+        loaded at the same dtype), drafting num_speculative_tokens per step; None: off."""
         from zenlm.weights.load import load
 
         if dtype not in PRECISIONS:
@@ -51,6 +53,31 @@ class LLM:
         if quant and engine.kv_dtype is None:  # quantized weights: K/V in bfloat16 too, half the cache memory
             engine = dataclasses.replace(engine, kv_dtype=torch.bfloat16)
         self.engine = Engine(self.model, self.tokenizer, self.generation_config, self.dtype, device, engine)
+        if speculative is not None:
+            self.engine.speculator = self._speculator(speculative, num_speculative_tokens, dtype, progress)
+
+    def _speculator(self, name: str, k: int, dtype: str, progress: bool):
+        from zenlm.engine.speculative.draft_model import DraftModelProposer
+        from zenlm.engine.speculative.ngram import NgramProposer
+        from zenlm.engine.speculative.speculator import Speculator
+        from zenlm.weights.load import load
+
+        if k < 1:
+            raise ValueError(f"num_speculative_tokens must be >= 1, got {k}")
+        if self.config.use_dynamic_ntk:
+            raise ValueError("speculative decoding does not support dynamic-NTK rope (Qwen v1)")
+        if name == "ngram":
+            return Speculator(NgramProposer(), k)
+        try:
+            draft = load(name, dtype=self.dtype, device=self.device, progress=progress, quant=PRECISIONS[dtype][1])
+        except ValueError as e:
+            raise ValueError(f"speculative must be 'ngram' or a draft model: {e}") from None
+        if draft.tokenizer.vocab_size != self.tokenizer.vocab_size:
+            raise ValueError(f"the draft model's tokenizer has {draft.tokenizer.vocab_size} tokens and the target's "
+                             f"{self.tokenizer.vocab_size}: a draft model must share the target's tokenizer")
+        proposer = DraftModelProposer(draft.model, self.config.vocab_size, self.config.context_length,
+                                      self.tokenizer.vocab_size)
+        return Speculator(proposer, k)
 
     def file_info(self) -> FileInfo:
         """What the model file says about itself (format, quantization, parameter count, digest); the

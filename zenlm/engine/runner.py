@@ -82,27 +82,34 @@ class Runner:
 
     @torch.inference_mode()
     def run(self, batch: Batch) -> torch.Tensor:
-        """Compute every scheduled chunk; return float32 logits [n, V] for batch.sampled, in order.
+        """Compute every scheduled chunk; return float32 logits [n, V] for batch.sampled, in order: one row
+        per entry, and for a speculative entry (num_draft k) k + 1 rows, one per token it fed.
 
-        The decode rows (one token each) run together as one forward; each prefill chunk runs on
-        its own, so no row is ever padded to another's length."""
+        The decode rows (one token each) run together as one forward, and so do speculative rows of the same
+        length; each prefill chunk runs on its own, so no row is ever padded to another's length."""
         entries = batch.seqs
         decodes = [i for i, e in enumerate(entries) if e.num_tokens == 1]
-        groups = ([decodes] if decodes else []) + [[i] for i, e in enumerate(entries) if e.num_tokens > 1]
+        drafted: dict[int, list[int]] = {}
+        for i, e in enumerate(entries):
+            if e.num_draft:
+                drafted.setdefault(e.num_tokens, []).append(i)
+        groups = ([decodes] if decodes else []) + list(drafted.values())
+        groups += [[i] for i, e in enumerate(entries) if e.num_tokens > 1 and not e.num_draft]
         sampled = [i for i, e in enumerate(entries) if e.sample]
-        if len(groups) == 1 and len(sampled) == len(entries):  # a plain decode step: no copies
+        if len(groups) == 1 and len(sampled) == len(entries) and not drafted:  # a plain decode step: no copies
             return self._forward(entries).float()
         logits: list[torch.Tensor | None] = [None] * len(entries)
         for g in groups:
-            for i, row in zip(g, self._forward([entries[i] for i in g])):
-                logits[i] = row
+            every = entries[g[0]].num_draft > 0
+            for i, rows in zip(g, self._forward([entries[i] for i in g], every)):
+                logits[i] = rows if every else rows[None]  # [rows, V]
         if not sampled:  # only partial prefill chunks this step
             return torch.empty(0, self.model.config.vocab_size)
-        return torch.stack([logits[i] for i in sampled]).float()
+        return torch.cat([logits[i] for i in sampled]).float()
 
-    def _forward(self, entries: list) -> torch.Tensor:
+    def _forward(self, entries: list, every: bool = False) -> torch.Tensor:
         """One model forward over rows that all add the same number of tokens: logits [B, V] of each
-        row's last token."""
+        row's last token, or with `every` of all of them [B, T, V]."""
         B, bs = len(entries), self.block_size
         T = entries[0].num_tokens
         assert all(e.num_tokens == T for e in entries), "rows of one forward add the same number of tokens"
@@ -120,4 +127,4 @@ class Runner:
         rope = torch.tensor([len(e.seq.all_ids) for e in entries])  # a prefill chunk turns as its whole prompt
         dev = self.device
         cache = self.cache.bind(write.to(dev), tables.to(dev), key_pos.to(dev), ctx.to(dev), rope.to(dev))
-        return self.model(tokens.to(dev), positions.to(dev), cache, logit_index=last.to(dev))  # [B, V]
+        return self.model(tokens.to(dev), positions.to(dev), cache, logit_index=None if every else last.to(dev))
