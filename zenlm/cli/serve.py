@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from zenlm.cli.common import add_model, pull_first
+from zenlm.cli.common import add_model, add_speculative, pull_first, speculative
 
 
 def cmd_serve(args) -> int:
@@ -11,10 +11,12 @@ def cmd_serve(args) -> int:
 
     from zenlm.server.serve import serve
 
+    spec = speculative(args)  # a bad --spec-tokens fails before anything loads
     return serve(args.model, args.host, args.port, args.api_key or os.environ.get("ZEN_API_KEY"), args.dtype,
                  args.device, args.served_model_name, args.max_num_seqs, args.log_level, args.allowed_origins,
                  args.allowed_hosts, args.max_body_bytes, args.max_waiting, args.kv_cache_tokens,
-                 before_load=lambda: pull_first(args.model))
+                 before_load=lambda: pull_first(args.model), spec_tokens=spec.get("num_speculative_tokens", 5),
+                 speculative=spec.get("speculative"))
 
 
 def add(sub) -> None:
@@ -40,4 +42,5 @@ def add(sub) -> None:
                         "(default: $ZEN_ALLOWED_HOSTS)")
     s.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024,
                    help="request bodies over this get 413 (default: 16 MiB)")
+    add_speculative(s)
     s.set_defaults(func=cmd_serve)
