@@ -1,20 +1,12 @@
 """Speculative decoding on real models: greedy output with speculation equals greedy output without it,
 token for token, on the default model (one request; a batch mixing speculative, plain, stopped and
 sampled rows) with n-gram and draft-model proposers (the model drafting for itself, and a random zen-tiny
-with the same vocabulary that is mostly wrong), and on zen-tiny as the target. Then `zen serve
---speculative ngram`: the `speculative` request field, acceptance counters in /metrics, bad input."""
+with the same vocabulary that is mostly wrong), and on zen-tiny as the target."""
 
 import contextlib
-import os
-import re
-import subprocess
-import sys
 
-import httpx
-import openai
 import pytest
 import torch
-from serve_process import start
 
 from zenlm.config import preset
 from zenlm.engine.engine import Engine
@@ -118,34 +110,3 @@ def test_zen_tiny_target(default_llm):
     plain, _ = run(False)
     fast, spec = run(True)
     assert fast == plain and spec.stats.proposed > 0
-
-
-# ---- zen serve --speculative ngram ------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    proc, url = start(["--dtype", "int4", "--speculative", "ngram", "--spec-tokens", "4"],
-                      tmp_path_factory.mktemp("serve") / "stderr.txt", env={**os.environ, "ZEN_API_KEY": ""})
-    yield url
-    proc.kill()
-    proc.wait()
-
-
-def test_server_field_and_metrics(server):
-    client = openai.OpenAI(base_url=server + "/v1", api_key="x", max_retries=0, timeout=600)
-    kw = {"model": "default", "messages": EDIT, "max_tokens": 48, "temperature": 0}
-    on = client.chat.completions.create(**kw)
-    off = client.chat.completions.create(**kw, extra_body={"speculative": False})
-    assert on.choices[0].message.content == off.choices[0].message.content
-    metrics = httpx.get(server + "/metrics").text
-    drafted = int(float(re.search(r"^zen_spec_decode_num_draft_tokens_total (\S+)", metrics, re.M).group(1)))
-    accepted = int(float(re.search(r"^zen_spec_decode_num_accepted_tokens_total (\S+)", metrics, re.M).group(1)))
-    assert drafted > 0 and 0 < accepted <= drafted
-    r = httpx.post(server + "/v1/chat/completions", json={**kw, "speculative": "sometimes"})
-    assert r.status_code == 400 and "speculative" in r.text
-
-
-def test_cli_rejects_bad_spec_tokens():
-    r = subprocess.run([sys.executable, "-m", "zenlm", "serve", "--speculative", "ngram", "--spec-tokens", "0"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 1 and "--spec-tokens must be at least 1" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
