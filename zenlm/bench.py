@@ -3,7 +3,9 @@
 decode figure is measured at), and peak RSS.
 
 Measures zenlm's own engine in this process, greedy, on prompts of random text tokens that never hit
-the prefix cache. benchmarks/compare.py runs the same measurements on llama.cpp and transformers.
+the prefix cache. With speculative decoding on, it also reports the drafts proposed and accepted (random
+prompts give prompt lookup little to copy: benchmarks/speculative.py measures a workload that does).
+benchmarks/compare.py runs the same measurements on llama.cpp and transformers.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ def random_prompt(rng: random.Random, n: int) -> list[int]:
 
 
 def run(model: str = "default", dtype: str = "auto", device: str = "cpu", prompt_tokens: int = 512,
-        gen_tokens: int = 128, concurrency: int = 8) -> dict:
+        gen_tokens: int = 128, concurrency: int = 8, speculative: str | None = None,
+        num_speculative_tokens: int = 5) -> dict:
     rng = random.Random(0)
     t = time.perf_counter()
     engine = EngineConfig(max_num_batched_tokens=max(512, prompt_tokens), max_num_seqs=max(16, concurrency),
                           kv_cache_tokens=concurrency * (prompt_tokens + gen_tokens) + 1024)
-    llm = LLM(model, dtype=dtype, device=device, progress=False, engine=engine)
+    llm = LLM(model, dtype=dtype, device=device, progress=False, engine=engine, speculative=speculative,
+              num_speculative_tokens=num_speculative_tokens)
     load_s = time.perf_counter() - t
     eng = llm.engine
     greedy = SamplingParams(max_tokens=gen_tokens, temperature=0, ignore_eos=True, repetition_penalty=1.0)
@@ -63,6 +67,10 @@ def run(model: str = "default", dtype: str = "auto", device: str = "cpu", prompt
         return (sum(len(s.output_ids) for s in seqs) - done) / (time.perf_counter() - t)
 
     aggregate_tok_s, aggregate_short_tok_s = aggregate(prompt_tokens), aggregate(32)
+    spec = eng.speculator
+    drafts = {} if spec is None else {  # over every measurement above
+        "speculative": f"{speculative} k={num_speculative_tokens}", "spec_draft_tokens": spec.stats.proposed,
+        "spec_accepted_tokens": spec.stats.accepted, "spec_acceptance": round(spec.stats.acceptance, 3)}
     return {
         "model": str(llm.path.name), "dtype": dtype, "threads": _threads(), "kernels": _kernels(),
         "load_s": round(load_s, 3),
@@ -73,7 +81,7 @@ def run(model: str = "default", dtype: str = "auto", device: str = "cpu", prompt
         "aggregate_short_tok_s": round(aggregate_short_tok_s, 2),  # prompts of 32 tokens, as decode_tok_s
         "concurrency": concurrency,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-    }
+    } | drafts
 
 
 def _threads() -> int:

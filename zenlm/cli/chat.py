@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from zenlm.cli.common import add_model, add_tp, load_llm, sampling_params
+from zenlm.cli.common import add_model, add_speculative, add_tp, load_llm, sampling_params
 
 
 def cmd_generate(args) -> int:
@@ -91,6 +91,7 @@ def add(sub) -> None:
     g.add_argument("--temperature", type=float, default=None, help="0 = greedy; default from the model")
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--raw", action="store_true", help="no chat template: complete the text as it is")
+    add_speculative(g)
     g.set_defaults(func=cmd_generate)
 
     c = sub.add_parser("chat", help="interactive chat in the terminal")
@@ -103,4 +104,5 @@ def add(sub) -> None:
     c.add_argument("--docs", metavar="DIR", help="answer from these documents (or a `zen rag index` output), "
                    "citing the retrieved chunks as [n]")
     c.add_argument("--k", type=int, default=4, help="with --docs: chunks retrieved per turn (default 4)")
+    add_speculative(c)
     c.set_defaults(func=cmd_chat)

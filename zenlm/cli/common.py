@@ -45,12 +45,27 @@ def _confirm(question: str) -> bool:
     return bool(answer) and answer.strip().lower() in ("", "y", "yes")
 
 
+def add_speculative(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--speculative", default=None, metavar="ngram|MODEL",
+                   help="speculative decoding: 'ngram' (prompt lookup: strong for code edits and RAG) or a smaller "
+                        "draft model sharing the tokenizer (default: off)")
+    p.add_argument("--spec-tokens", default="5", metavar="K", help="tokens drafted per step (default 5)")
+
+
+def speculative(args) -> dict:
+    """LLM keyword arguments for --speculative and --spec-tokens (a bad K is one line and exit 1)."""
+    if getattr(args, "speculative", None) is None:
+        return {}
+    return {"speculative": args.speculative, "num_speculative_tokens": count("--spec-tokens", args.spec_tokens, 1)}
+
+
 def load_llm(args):
     pull_first(args.model)
     from zenlm.engine.llm import LLM
 
     tp = count("--tp", getattr(args, "tp", None), 1) or 1
-    return LLM(args.model, dtype=args.dtype, device=args.device, progress=sys.stderr.isatty(), tp=tp)
+    return LLM(args.model, dtype=args.dtype, device=args.device, progress=sys.stderr.isatty(), tp=tp,
+               **speculative(args))
 
 
 def sampling_params(args):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from zenlm.cli.common import DTYPES, MODEL_HELP, config_of, pull_first
+from zenlm.cli.common import DTYPES, MODEL_HELP, add_speculative, config_of, pull_first, speculative
 
 
 def cmd_info(args) -> int:
@@ -52,8 +52,9 @@ def _info_system() -> int:
 def cmd_bench(args) -> int:
     from zenlm.bench import run
 
+    spec = speculative(args)
     pull_first(args.model)
-    r = run(args.model, args.dtype, args.device, args.prompt_tokens, args.gen_tokens, args.concurrency)
+    r = run(args.model, args.dtype, args.device, args.prompt_tokens, args.gen_tokens, args.concurrency, **spec)
     if args.json:
         print(json.dumps(r))
         return 0
@@ -71,6 +72,7 @@ def add(sub) -> None:
     b.add_argument("--gen-tokens", type=int, default=128)
     b.add_argument("--concurrency", type=int, default=8)
     b.add_argument("--json", action="store_true")
+    add_speculative(b)
     b.set_defaults(func=cmd_bench)
 
     i = sub.add_parser("info", help="config and parameter counts of a model or preset; --system: the kernels here")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from zenlm.cli.common import add_model, add_tp, count, pull_first
+from zenlm.cli.common import add_model, add_speculative, add_tp, count, pull_first, speculative
 
 MISSING_RAY = "zen serve --replicas needs Ray Serve, which is not installed: pip install zenlm[ray]"
 
@@ -25,11 +25,13 @@ def cmd_serve(args) -> int:
         raise ValueError("--ray-address and --threads-per-replica need --replicas N")
     from zenlm.server.serve import serve
 
+    spec = speculative(args)  # a bad --spec-tokens fails before anything loads
     return serve(args.model, args.host, args.port, api_key, args.dtype,
                  args.device, args.served_model_name, args.max_num_seqs, args.log_level, args.allowed_origins,
                  args.allowed_hosts, args.max_body_bytes, args.max_waiting, args.kv_cache_tokens,
                  before_load=lambda: pull_first(args.model), tp=count("--tp", args.tp, 1),
-                 code_interpreter=args.enable_code_interpreter)
+                 code_interpreter=args.enable_code_interpreter, speculative=spec.get("speculative"),
+                 spec_tokens=spec.get("num_speculative_tokens", 5))
 
 
 def serve_replicas(args, api_key: str | None) -> int:
@@ -73,6 +75,7 @@ def add(sub) -> None:
                         "(default: $ZEN_ALLOWED_HOSTS)")
     s.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024,
                    help="request bodies over this get 413 (default: 16 MiB)")
+    add_speculative(s)
     s.add_argument("--enable-code-interpreter", action="store_true",
                    help="let /v1/code_interpreter (the web chat's switch) run model-written Python in the sandbox; "
                         "off by default, and it needs the API key like every /v1 route")

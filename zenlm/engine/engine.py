@@ -21,6 +21,7 @@ from zenlm.engine.runner import Runner
 from zenlm.engine.sampling import SamplingParams, logprobs, make_generator, sample, top_logprobs
 from zenlm.engine.scheduler import Scheduler
 from zenlm.engine.sequence import Sequence
+from zenlm.engine.speculative.speculator import Speculator
 from zenlm.model import Transformer, ntk_alpha
 from zenlm.tokenizer import Tokenizer
 
@@ -61,6 +62,7 @@ class Engine:
         self.runner = Runner(model, num_blocks, ec.block_size, ec.kv_dtype or dtype, device, ec.cuda_graphs)
         self.eos = set(tokenizer.eos_token_ids)
         self.max_waiting = ec.max_waiting
+        self.speculator: Speculator | None = None  # speculative decoding (LLM sets it), off by default
         self._ids = itertools.count()
 
     def add(self, prompt_ids: list[int], params: SamplingParams | None = None) -> Sequence:
@@ -82,6 +84,8 @@ class Engine:
             bad = next(t for t in prompt_ids if not 0 <= t < vocab)
             raise ValueError(f"token id {bad} is outside the vocabulary (0..{vocab - 1})")
         p = (params or SamplingParams()).validate().resolved(self.generation_config).validate()
+        if p.speculative and self.speculator is None:
+            raise ValueError("speculative decoding is not enabled on this engine (start it with --speculative)")
         n, ctx = len(prompt_ids), self.context_length
         if n >= ctx:
             raise ValueError(f"the prompt is {n} tokens; the model's context is {ctx} tokens")
@@ -110,19 +114,27 @@ class Engine:
 
     def step(self) -> list[StepOutput]:
         batch = self.scheduler.schedule()
+        if self.speculator is not None:
+            self.speculator.propose(batch, self.blocks, self.scheduler.max_num_batched_tokens)
         try:
-            logits = self.runner.run(batch)  # [n, V] for batch.sampled
+            logits = self.runner.run(batch)  # [n, V] for batch.sampled (k + 1 rows for an entry with k drafts)
             rows = [e.seq for e in batch.sampled]
+            drafted: dict[int, list[int]] = {}  # seq_id -> the verified tokens of a speculative entry
+            if len(logits) > len(rows):
+                logits, drafted = self.speculator.verify(batch.sampled, logits)  # the plain rows' logits
+                rows = [s for s in rows if s.seq_id not in drafted]
             ks = [s.params.logprobs for s in rows]
             lp = logprobs(logits) if any(k is not None for k in ks) else None  # [n, V] of the raw model
             failed: dict[int, Exception] = {}
-            tokens = sample(logits, [s.params for s in rows], [s.all_ids for s in rows],
-                            [len(s.prompt_ids) for s in rows], [s.generator for s in rows], failed)
+            tokens = torch.empty(0, dtype=torch.long)
+            if rows:
+                tokens = sample(logits, [s.params for s in rows], [s.all_ids for s in rows],
+                                [len(s.prompt_ids) for s in rows], [s.generator for s in rows], failed)
             if lp is not None:
                 for s, entry in zip(rows, top_logprobs(lp, tokens, ks)):
                     s.next_logprob = entry
         except Exception as e:  # the model or sampler failed: every request of this batch ends with it
             return [self.fail(entry.seq, e) for entry in batch.seqs if not entry.seq.finished]
         outs = [self.fail(rows[i], e) for i, e in failed.items()]  # postprocess skips these
-        done = self.scheduler.postprocess(batch, tokens.tolist())
+        done = self.scheduler.postprocess(batch, dict(zip((s.seq_id for s in rows), tokens.tolist())) | drafted)
         return outs + [StepOutput(seq, text, seq.finished) for seq, text in done]

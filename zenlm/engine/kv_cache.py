@@ -154,6 +154,26 @@ class BlockManager:
             # an identical block computed by another sequence may already be cached: keep that one
             self.cached.setdefault(prev, block.block_id)
 
+    def reserve(self, seq: SeqLike, num_tokens: int) -> bool:
+        """Extend the table to hold num_tokens (speculative slots past all_ids); False if blocks are short."""
+        need = self.blocks_for(num_tokens) - len(seq.block_table)
+        if need > len(self.free):
+            return False
+        seq.block_table.extend(self._take() for _ in range(need))
+        return True
+
+    def truncate(self, seq: SeqLike, num_tokens: int) -> None:
+        """Free the blocks past those num_tokens need (speculative slots a rejected draft held); a freed
+        block was never hashed (only computed, kept tokens are), so it goes first in line for reuse."""
+        keep = self.blocks_for(num_tokens)
+        for b in reversed(seq.block_table[keep:]):
+            block = self.blocks[b]
+            assert block.ref_count == 1 and block.hash is None, f"block {b} past the kept tokens is shared or hashed"
+            block.ref_count = 0
+            self.free[b] = None
+            self.free.move_to_end(b, last=False)
+        del seq.block_table[keep:]
+
     # ---- release -----------------------------------------------------------------------------------
     def deallocate(self, seq: SeqLike) -> None:
         """Release the sequence's blocks; cached ones stay findable until they are taken for new content."""

@@ -37,15 +37,20 @@ PRECISIONS = {"float32": (torch.float32, None), "bfloat16": (torch.bfloat16, Non
 
 class LLM:
     def __init__(self, model: str = "default", dtype: str = "float32", device: str = "cpu", progress: bool = True,
-                 engine: EngineConfig | None = None, tp: int = 1):
+                 engine: EngineConfig | None = None, tp: int = 1, speculative: str | None = None,
+                 num_speculative_tokens: int = 5):
         """tp > 1: tensor parallelism over tp ranks (zenlm.parallel; this process is rank 0, or under torchrun
-        any rank: the others serve rank 0's forwards inside this call and then exit)."""
+        any rank: the others serve rank 0's forwards inside this call and then exit).
+        speculative: "ngram" (prompt lookup) or a draft model sharing the tokenizer (any name load() takes,
+        loaded at the same dtype), drafting num_speculative_tokens per step; None: off."""
         from zenlm.weights.load import load
 
         if dtype not in PRECISIONS:
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(PRECISIONS)}")
         if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
             raise ValueError(f"tp must be a whole number >= 1, got {tp!r}")
+        if tp > 1 and speculative is not None:
+            raise ValueError("speculative decoding with tp > 1 is not supported yet: give one of them")
         if tp > 1:
             from zenlm.parallel.launch import rank_device
 
@@ -66,6 +71,31 @@ class LLM:
             self.tp = start(self.model, tp, str(model), dtype, device, blocks, engine.block_size,
                             engine.kv_dtype or self.dtype)
         self.engine = Engine(self.model, self.tokenizer, self.generation_config, self.dtype, device, engine)
+        if speculative is not None:
+            self.engine.speculator = self._speculator(speculative, num_speculative_tokens, dtype, progress)
+
+    def _speculator(self, name: str, k: int, dtype: str, progress: bool):
+        from zenlm.engine.speculative.draft_model import DraftModelProposer
+        from zenlm.engine.speculative.ngram import NgramProposer
+        from zenlm.engine.speculative.speculator import Speculator
+        from zenlm.weights.load import load
+
+        if k < 1:
+            raise ValueError(f"num_speculative_tokens must be >= 1, got {k}")
+        if self.config.use_dynamic_ntk:
+            raise ValueError("speculative decoding does not support dynamic-NTK rope (Qwen v1)")
+        if name == "ngram":
+            return Speculator(NgramProposer(), k)
+        try:
+            draft = load(name, dtype=self.dtype, device=self.device, progress=progress, quant=PRECISIONS[dtype][1])
+        except ValueError as e:
+            raise ValueError(f"speculative must be 'ngram' or a draft model: {e}") from None
+        if draft.tokenizer.vocab_size != self.tokenizer.vocab_size:
+            raise ValueError(f"the draft model's tokenizer has {draft.tokenizer.vocab_size} tokens and the target's "
+                             f"{self.tokenizer.vocab_size}: a draft model must share the target's tokenizer")
+        proposer = DraftModelProposer(draft.model, self.config.vocab_size, self.config.context_length,
+                                      self.tokenizer.vocab_size)
+        return Speculator(proposer, k)
 
     def file_info(self) -> FileInfo:
         """What the model file says about itself (format, quantization, parameter count, digest); the

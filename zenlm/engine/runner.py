@@ -85,32 +85,40 @@ class Runner:
 
     @torch.inference_mode()
     def run(self, batch: Batch) -> torch.Tensor:
-        """Compute every scheduled chunk; return float32 logits [n, V] for batch.sampled, in order.
+        """Compute every scheduled chunk; return float32 logits [n, V] for batch.sampled, in order: one row
+        per entry, and for a speculative entry (num_draft k) k + 1 rows, one per token it fed.
 
-        The decode rows (one token each) run together as one forward; each prefill chunk runs on
-        its own, so no row is ever padded to another's length."""
+        The decode rows (one token each) run together as one forward, and so do speculative rows of the same
+        length; each prefill chunk runs on its own, so no row is ever padded to another's length."""
         entries = batch.seqs
         decodes = [i for i, e in enumerate(entries) if e.num_tokens == 1]
-        groups = ([decodes] if decodes else []) + [[i] for i, e in enumerate(entries) if e.num_tokens > 1]
+        drafted: dict[int, list[int]] = {}
+        for i, e in enumerate(entries):
+            if e.num_draft:
+                drafted.setdefault(e.num_tokens, []).append(i)
+        groups = ([decodes] if decodes else []) + list(drafted.values())
+        groups += [[i] for i, e in enumerate(entries) if e.num_tokens > 1 and not e.num_draft]
         sampled = [i for i, e in enumerate(entries) if e.sample]
-        if len(groups) == 1 and len(sampled) == len(entries):  # a plain decode step: no copies
+        if len(groups) == 1 and len(sampled) == len(entries) and not drafted:  # a plain decode step: no copies
             return self._forward(entries).float()
         logits: list[torch.Tensor | None] = [None] * len(entries)
         for g in groups:
-            for i, row in zip(g, self._forward([entries[i] for i in g])):
-                logits[i] = row
+            every = entries[g[0]].num_draft > 0
+            for i, rows in zip(g, self._forward([entries[i] for i in g], every)):
+                logits[i] = rows if every else rows[None]  # [rows, V]
         if not sampled:  # only partial prefill chunks this step
             return torch.empty(0, self.model.config.vocab_size)
-        return torch.stack([logits[i] for i in sampled]).float()
+        return torch.cat([logits[i] for i in sampled]).float()
 
-    def _forward(self, entries: list) -> torch.Tensor:
+    def _forward(self, entries: list, every: bool = False) -> torch.Tensor:
         """One model forward over rows that all add the same number of tokens: logits [B, V] of each
-        row's last token (a decode step on CUDA replays a captured graph: cuda_graphs.py)."""
-        if self.graphs is not None and entries[0].num_tokens == 1:
+        row's last token, or with `every` of all of them [B, T, V] (a decode step on CUDA replays a captured
+        graph: cuda_graphs.py)."""
+        if self.graphs is not None and entries[0].num_tokens == 1 and not every:
             out = self.graphs.forward(entries)
             if out is not None:
                 return out
-        return self.call({k: v.to(self.device) for k, v in self.inputs(entries).items()})
+        return self.call({k: v.to(self.device) for k, v in self.inputs(entries).items()}, every)
 
     def inputs(self, entries: list, rows: int = 0, blocks: int = 0) -> dict[str, torch.Tensor]:
         """A forward's input tensors, on the CPU. rows and blocks pad the batch and each row's block table to a
@@ -139,7 +147,7 @@ class Runner:
             "last": torch.full((B + pad,), T - 1),
         }
 
-    def call(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The model on inputs() already on the device: logits [B, V]."""
+    def call(self, x: dict[str, torch.Tensor], every: bool = False) -> torch.Tensor:
+        """The model on inputs() already on the device: logits [B, V], or with `every` [B, T, V]."""
         cache = self.cache.bind(x["write"], x["tables"], x["key_pos"], x["ctx"], x["rope"])
-        return self.model(x["tokens"], x["positions"], cache, logit_index=x["last"])
+        return self.model(x["tokens"], x["positions"], cache, logit_index=None if every else x["last"])

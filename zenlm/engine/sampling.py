@@ -43,6 +43,7 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
     logprobs: int | None = None  # None: off; k: the chosen token's logprob and the k most likely
     logits_processors: list[LogitsProcessor] = field(default_factory=list)
+    speculative: bool | None = None  # None: as the engine is configured; False: never draft for this request
 
     def __post_init__(self):
         self.stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

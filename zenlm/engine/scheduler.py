@@ -36,6 +36,7 @@ class ScheduledSeq:
     slot_mapping: list[int]  # block_id * block_size + offset, where each token's K and V are written
     block_table: list[int]  # a copy of the sequence's table: attention reads positions 0..context_len-1
     sample: bool  # this chunk reaches the last token: the runner samples the next token from its logits
+    num_draft: int = 0  # speculative tokens appended to token_ids (engine/speculative/): verified, maybe rolled back
 
     @property
     def num_tokens(self) -> int:
@@ -169,8 +170,11 @@ class Scheduler:
         assert batch.seqs or not self.has_work, "the scheduler stalled with work left"
         return batch
 
-    def postprocess(self, batch: Batch, new_tokens: dict[int, int] | list[int]) -> list[tuple[SeqLike, object]]:
+    def postprocess(self, batch: Batch, new_tokens: dict[int, int | list[int]] | list[int | list[int]]
+                    ) -> list[tuple[SeqLike, object]]:
         """Record a step's results: new_tokens maps seq_id -> token, or lists them in batch.sampled order.
+        A speculative entry gets a list (its accepted drafts and one more token): it appends them until the
+        sequence finishes, keeps the K/V of the tokens that were fed and kept, and frees the blocks past them.
 
         Returns (sequence, what seq.append(token) returned) for each sequence that got a token; the
         finished ones have already released their blocks. Sequences aborted since schedule() are skipped.
@@ -190,18 +194,38 @@ class Scheduler:
             if seq.status is not SequenceStatus.RUNNING:  # aborted between schedule() and now
                 continue
             assert seq.num_computed_tokens == s.start, f"sequence {seq.seq_id} changed under its batch"
-            seq.num_computed_tokens += len(s.token_ids)
-            self.bm.cache_blocks(seq)
-            if s.sample:
-                out.append((seq, seq.append(new_tokens[seq.seq_id])))
-                if seq.finished:
-                    self.running.remove(seq)
-                    del self.seqs[seq.seq_id]
-                    self.bm.deallocate(seq)
-                    seq.status = SequenceStatus.FINISHED
+            if s.num_draft:
+                out.append((seq, self._accept(seq, s, new_tokens[seq.seq_id])))
+            else:
+                seq.num_computed_tokens += len(s.token_ids)
+                self.bm.cache_blocks(seq)
+                if s.sample:
+                    out.append((seq, seq.append(new_tokens[seq.seq_id])))
+            if seq.finished:
+                self.running.remove(seq)
+                del self.seqs[seq.seq_id]
+                self.bm.deallocate(seq)
+                seq.status = SequenceStatus.FINISHED
         return out
 
     # ---- internals ---------------------------------------------------------------------------------
+    def _accept(self, seq: SeqLike, s: ScheduledSeq, tokens: list[int]) -> object:
+        """A verified speculative entry: append tokens in order (stopping where the sequence finishes);
+        the K/V stays valid for the fed tokens that match what the sequence now holds, the rest is rolled back."""
+        pieces = []
+        for t in tokens:
+            pieces.append(seq.append(t))
+            if seq.finished:
+                break
+        ids, kept = seq.all_ids, 0
+        while kept < len(s.token_ids) and s.start + kept < len(ids) and ids[s.start + kept] == s.token_ids[kept]:
+            kept += 1
+        seq.num_computed_tokens = s.start + kept
+        if not seq.finished:
+            self.bm.truncate(seq, len(ids))
+        self.bm.cache_blocks(seq)  # only over kept tokens: the hashes never cover a rejected draft
+        return "".join(p for p in pieces if p)
+
     def _chunk_len(self, remaining: int, budget: int) -> int:
         n = min(remaining, budget)
         return n if self.chunk_size is None else min(n, self.chunk_size)

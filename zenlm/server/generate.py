@@ -86,7 +86,7 @@ def sampling_params(state: ServerState, req: SamplingFields, limit: int | None, 
             top_k=None if req.top_k is None else max(req.top_k, 0), min_p=req.min_p,
             repetition_penalty=req.repetition_penalty, presence_penalty=req.presence_penalty,
             frequency_penalty=req.frequency_penalty, seed=req.seed, stop=req.stops,
-            stop_token_ids=req.stop_token_ids or [], ignore_eos=req.ignore_eos,
+            stop_token_ids=req.stop_token_ids or [], ignore_eos=req.ignore_eos, speculative=req.speculative,
             logit_bias={int(k): v for k, v in (req.logit_bias or {}).items()}, logprobs=logprobs).validate()
         vocab = state.tokenizer.vocab_size
         bad = [t for t in base.logit_bias if not 0 <= t < vocab]

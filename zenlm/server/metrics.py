@@ -1,4 +1,5 @@
-"""Prometheus metrics for GET /metrics: requests, tokens, latencies, queue, KV usage, prefix-cache hits.
+"""Prometheus metrics for GET /metrics: requests, tokens, latencies, queue, KV usage, prefix-cache hits,
+and with speculative decoding on, draft tokens proposed and accepted.
 
 Counters and histograms are fed by the routes (Metrics.record_* calls); gauges read the engine's
 scheduler and block manager at scrape time. One registry per app, so tests can run several apps.
@@ -26,6 +27,15 @@ class _PrefixCache:
                                   value=st.hit_tokens)
         yield CounterMetricFamily("zen_num_preemptions", "Sequences preempted for lack of KV blocks",
                                   value=self.engine.scheduler.num_preemptions)
+        spec = self.engine.speculator
+        if spec is not None:
+            st = spec.stats
+            yield CounterMetricFamily("zen_spec_decode_num_draft_tokens", "Speculative draft tokens verified",
+                                      value=st.proposed)
+            yield CounterMetricFamily("zen_spec_decode_num_accepted_tokens", "Speculative draft tokens accepted",
+                                      value=st.accepted)
+            yield CounterMetricFamily("zen_spec_decode_num_verify_steps", "Speculative row-steps (each adds one "
+                                      "token of the target's own)", value=st.rows)
 
 
 class Metrics:

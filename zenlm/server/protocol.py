@@ -124,6 +124,7 @@ class SamplingFields(_Model):
     stop: str | list[str] | None = None
     stop_token_ids: list[int] | None = None
     ignore_eos: bool = False
+    speculative: bool | None = None  # extension: false turns speculative decoding off for this request
     n: int = Field(1, ge=1, le=MAX_N)
     max_tokens: int | None = Field(None, ge=0)
     logit_bias: dict[str, float] | None = None

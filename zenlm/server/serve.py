@@ -21,7 +21,7 @@ def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, api
           log_level: str = "warning", allowed_origins: str | None = None, allowed_hosts: str | None = None,
           max_body_bytes: int = 16 * 1024 * 1024, max_waiting: int = 256,
           kv_cache_tokens: int | None = None, before_load: Callable[[], None] | None = None, tp: int = 1,
-          code_interpreter: bool = False) -> int:
+          code_interpreter: bool = False, speculative: str | None = None, spec_tokens: int = 5) -> int:
     """Serve until Ctrl-C or SIGTERM. before_load runs once the flags and the port are checked, before the
     model loads (the CLI pulls a hub name there, asking first in a terminal). tp > 1: tensor parallelism."""
     import uvicorn
@@ -47,7 +47,8 @@ def serve(model: str = "default", host: str = "127.0.0.1", port: int = 8000, api
         before_load()
     engine = EngineConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max(512, max_num_seqs),
                           max_waiting=max_waiting, kv_cache_tokens=kv_cache_tokens)
-    llm = AsyncLLM(model, dtype=dtype, device=device, progress=sys.stderr.isatty(), engine=engine, tp=tp)
+    llm = AsyncLLM(model, dtype=dtype, device=device, progress=sys.stderr.isatty(), engine=engine, tp=tp,
+                   speculative=speculative, num_speculative_tokens=spec_tokens)
     state = ServerState(llm, served_name or model, api_key or None, code_interpreter=code_interpreter)
     config = uvicorn.Config(create_app(state, security), host=host, port=port, log_level=log_level, lifespan="off",
                             timeout_graceful_shutdown=GRACE_S, access_log=log_level in ("info", "debug"))
