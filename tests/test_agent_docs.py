@@ -4,25 +4,17 @@ the plumbing; one short greedy run on the default model checks that the answer c
 
 import pytest
 from agent_script import Script
+from test_rag_answer import QUESTION, write_docs
 
 from zenlm.agent import Agent
 from zenlm.agent.rag import Retriever, build_index
 from zenlm.agent.rag.cite import INSTRUCTION
 
-QUESTION = "Who is the lighthouse keeper of Velmora harbor?"
-
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
     root = tmp_path_factory.mktemp("docs")
-    docs = root / "docs"
-    docs.mkdir()
-    (docs / "harbor.txt").write_text("The lighthouse keeper of Velmora harbor is named Orsolya Brandt. She has "
-                                     "kept the light since 1987.\n")
-    (docs / "kitchen.md").write_text("# Kitchen\n\nBread rises faster in a warm kitchen because yeast is more "
-                                     "active at higher temperatures.\n")
-    (docs / "bicycles.txt").write_text("Bicycles have two wheels and a chain that drives the rear wheel. Most road "
-                                       "bikes weigh about eight kilograms.\n")
+    docs = write_docs(root / "docs")
     build_index(docs, root / "index")
     return root / "index"
 

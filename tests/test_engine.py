@@ -42,6 +42,11 @@ def model(request):
 
 @pytest.fixture(scope="module")
 def tokenizer():
+    return byte_tokenizer()
+
+
+def byte_tokenizer() -> Tokenizer:
+    """The 256 bytes, one merge ("ab") and an end-of-turn token (257)."""
     spell = bytes_to_unicode()
     return Tokenizer.from_gguf({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2",
                                 "tokenizer.ggml.tokens": [spell[b] for b in range(256)] + ["ab", "<|im_end|>"],

@@ -12,8 +12,8 @@ from zenlm.engine.sampling import SamplingParams
 QUESTION = "Who is the lighthouse keeper of Velmora harbor?"
 
 
-def test_answer_cites_the_chunk_with_the_fact(default_llm, tmp_path):
-    docs = tmp_path / "docs"
+def write_docs(docs):
+    """Three small documents; only harbor.txt holds the answer to QUESTION."""
     docs.mkdir()
     (docs / "harbor.txt").write_text("The lighthouse keeper of Velmora harbor is named Orsolya Brandt. She has "
                                      "kept the light since 1987.\n")
@@ -21,6 +21,11 @@ def test_answer_cites_the_chunk_with_the_fact(default_llm, tmp_path):
                                      "active at higher temperatures.\n")
     (docs / "bicycles.txt").write_text("Bicycles have two wheels and a chain that drives the rear wheel. Most road "
                                        "bikes weigh about eight kilograms.\n")
+    return docs
+
+
+def test_answer_cites_the_chunk_with_the_fact(default_llm, tmp_path):
+    docs = write_docs(tmp_path / "docs")
     build_index(docs, tmp_path / "index")
     hits = Retriever(tmp_path / "index").search(QUESTION, k=3)
     assert hits[0].source == "harbor.txt"

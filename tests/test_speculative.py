@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from fake_sequence import Params, Seq
+from test_engine import byte_tokenizer
 
 from zenlm.config import Config
 from zenlm.engine.engine import Engine, EngineConfig
@@ -20,8 +21,6 @@ from zenlm.engine.speculative.ngram import NgramProposer, lookup
 from zenlm.engine.speculative.rejection import accept_greedy, accept_sampled
 from zenlm.engine.speculative.speculator import Speculator
 from zenlm.model import Transformer
-from zenlm.tokenizer import Tokenizer
-from zenlm.tokenizer.bpe import bytes_to_unicode
 
 TINY = Config(name="t", vocab_size=300, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
               intermediate_size=128, tie_word_embeddings=False, context_length=512, rope_theta=10000.0)
@@ -41,11 +40,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    spell = bytes_to_unicode()
-    return Tokenizer.from_gguf({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": "qwen2",
-                                "tokenizer.ggml.tokens": [spell[b] for b in range(256)] + ["ab", "<|im_end|>"],
-                                "tokenizer.ggml.token_type": [1] * 257 + [3], "tokenizer.ggml.merges": ["a b"],
-                                "tokenizer.ggml.eos_token_id": 257})
+    return byte_tokenizer()
 
 
 def make_engine(model, tokenizer, proposer=None, k=4, **kw) -> Engine:
