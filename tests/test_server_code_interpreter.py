@@ -5,6 +5,7 @@ the engine backend; the real model drives the same route in the headless-browser
 
 import base64
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -132,13 +133,19 @@ def test_the_page_draws_the_cards_and_the_figure(on, monkeypatch, browser):  # n
 
 
 def test_the_async_engine_backend_submits_to_the_running_engine_loop(llm):
-    """The backend the route uses: turns go to the AsyncLLM's own engine thread from a worker thread; a turn left
-    early is aborted and the next one still runs."""
-    backend = zenlm.agent.backends.AsyncEngineBackend(llm)
-    pieces = list(backend.generate([{"role": "user", "content": "hi"}], None, [], 12, 0.0))
-    assert pieces[-1].tokens == 12 and pieces[-1].finish_reason == "length"
-    assert all(p.tokens == 0 for p in pieces[:-1]) and sum(len(p.text) > 0 for p in pieces) >= 1
-    early = backend.generate([{"role": "user", "content": "hi"}], None, [], 50, 0.0)
-    next(early)
-    early.close()
-    assert list(backend.generate([{"role": "user", "content": "hi"}], None, [], 5, 0.0))[-1].tokens == 5
+    """The backend the route uses: turns go to the AsyncLLM's own engine thread from a worker thread (as the route
+    calls it; the test's own thread may hold another test's event loop); a turn left early is aborted and the
+    next one still runs."""
+
+    def turns():
+        backend = zenlm.agent.backends.AsyncEngineBackend(llm)
+        pieces = list(backend.generate([{"role": "user", "content": "hi"}], None, [], 12, 0.0))
+        assert pieces[-1].tokens == 12 and pieces[-1].finish_reason == "length"
+        assert all(p.tokens == 0 for p in pieces[:-1]) and sum(len(p.text) > 0 for p in pieces) >= 1
+        early = backend.generate([{"role": "user", "content": "hi"}], None, [], 50, 0.0)
+        next(early)
+        early.close()
+        assert list(backend.generate([{"role": "user", "content": "hi"}], None, [], 5, 0.0))[-1].tokens == 5
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(turns).result()
