@@ -11,7 +11,7 @@ import pytest
 
 MODEL_FIXTURES = {"gguf_path", "default_llm", "gguf_meta", "hf_tokenizer", "hf_tokenizer_dir"}
 MODEL_MODULES = {"test_server", "test_server_tools", "test_web_ui", "test_real_model", "test_train_real",
-                 "test_train_qlora_real", "test_agent_real", "test_web_ui_agent", "test_agent_tir_real",
+                 "test_train_qlora_real", "test_agent_real", "test_agent_tir_real",
                  "test_speculative_real", "test_speculative_server"}
 PROCESS_MODULES = {"test_train_dist", "test_cli", "test_train_estimate", "test_server_fuzz", "test_hub_process",
                    "test_sandbox_attacks", "test_train_rl_rewards", "test_parallel", "test_serve_replicas"}
