@@ -1,7 +1,7 @@
 """/v1/code_interpreter over real HTTP on a tiny-model server: off by default (403 before the body is read), the
 API key like every /v1 route, bad bodies, and with the switch on a run whose python call draws a figure in the
 real sandbox and streams as events. The model's turns come from a script (agent_script.Script) standing in for
-the engine backend; the real model drives the same route in the headless-browser test (test_web_ui_agent.py)."""
+the engine backend."""
 
 import base64
 import json
@@ -107,7 +107,7 @@ def test_a_run_streams_the_call_its_figure_and_the_answer(on, monkeypatch):
 
 
 def test_the_page_draws_the_cards_and_the_figure(on, monkeypatch, browser):  # noqa: F811
-    """The page's side, in headless Chromium, with the same scripted turns (the real model: test_web_ui_agent.py)."""
+    """The page's side, in headless Chromium, with the same scripted turns."""
     script = Script([hermes_call("python", json.dumps({"code": PLOT.replace("\\n", "\n")})), "Here is the plot."])
     monkeypatch.setattr(zenlm.agent.backends, "AsyncEngineBackend", lambda llm: script)
     context = browser.new_context()
